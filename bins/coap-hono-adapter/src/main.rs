@@ -1,0 +1,6 @@
+//! `coap-hono-adapter`: work in progress.
+
+fn main() {
+    eprintln!("coap-hono-adapter: not implemented yet");
+    std::process::exit(2);
+}

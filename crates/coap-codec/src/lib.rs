@@ -1,0 +1,1 @@
+//! `coap-codec`: work in progress.

@@ -1,0 +1,1 @@
+//! `coap-dtls`: work in progress.

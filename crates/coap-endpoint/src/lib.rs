@@ -1,0 +1,1 @@
+//! `coap-endpoint`: work in progress.

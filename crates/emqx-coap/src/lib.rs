@@ -1,0 +1,1 @@
+//! `emqx-coap`: work in progress.

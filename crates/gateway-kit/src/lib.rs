@@ -1,0 +1,1 @@
+//! `gateway-kit`: work in progress.

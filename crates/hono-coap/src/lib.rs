@@ -1,0 +1,1 @@
+//! `hono-coap`: work in progress.
