@@ -1,1 +1,162 @@
-//! `coap-dtls`: work in progress.
+//! `coap-dtls`: DTLS 1.2 (RFC 6347) with pre-shared keys (RFC 4279) on
+//! OpenSSL, serving many peers on one UDP socket, for CoAP's `coaps://`
+//! (RFC 7252 §9.1).
+//!
+//! **For:** turning UDP datagrams into authenticated plaintext datagrams and
+//! back: datagrams in and out, each tagged with the peer's address and the
+//! PSK identity that authenticated. **Not for:** anything CoAP (that is
+//! `coap-endpoint`'s job, which adapts this crate behind a feature), key
+//! storage (the application implements [`PskStore`]), certificates/RPK, or
+//! DTLS 1.3.
+//!
+//! # Shape
+//!
+//! - [`DtlsServer`]: a sans-IO state machine (no socket, no clock; the
+//!   `quinn-proto` shape). Its type docs give the order of calls.
+//! - [`DtlsSocket`]: a thin tokio driver that owns a `UdpSocket` and the
+//!   timer and exposes `recv()` / `send_to()`.
+//! - [`DtlsConnector`] + [`ClientSession`] (sans-IO) and [`DtlsClient`]
+//!   (tokio): the client used by tests and the load generator.
+//!
+//! ```text
+//!  UDP datagram (peer, bytes)
+//!     │
+//!     ▼
+//!  record::parse ──not DTLS──────────────────────────▶ drop (counted)
+//!     │ epoch-0 ClientHello?
+//!     ├─yes─▶ cookie = HMAC(secret, peer ‖ random) valid?
+//!     │          ├─no──▶ HelloVerifyRequest ──────────▶ transmit (no state)
+//!     │          └─yes─▶ caps ok? ─▶ new Ssl + DTLSv1_listen ─┐
+//!     │ no                                                    │
+//!     ▼                                                       ▼
+//!  sessions[peer] ──none──▶ drop        SslStream<DatagramPipe> (one per peer)
+//!     └──────────────────────────────────────▶ accept / ssl_read
+//!                                                 │            │
+//!                              transmits (peer, bytes)   events: Data{peer,
+//!                                                        identity, bytes}, ...
+//! ```
+//!
+//! # Security notes
+//!
+//! - **Cookie before state** (RFC 6347 §4.2.1): a ClientHello without a
+//!   valid cookie is answered with a HelloVerifyRequest built by this crate
+//!   (60 bytes, smaller than any ClientHello, so no amplification) and
+//!   nothing is stored: no `Ssl`, no map entry. The cookie is
+//!   HMAC-SHA256 over the peer address and the client random under a secret
+//!   that rotates every `cookie_lifetime` (current and previous accepted).
+//!   Only a ClientHello with a valid cookie, i.e. from an address that can
+//!   receive, gets an OpenSSL object; it is handed to OpenSSL through
+//!   `DTLSv1_listen` so that OpenSSL continues the handshake with the
+//!   sequence numbers RFC 6347 §4.2.2 prescribes.
+//! - **Caps**: at most `max_handshakes` handshakes at once and
+//!   `max_sessions` sessions; a handshake has a deadline and a bounded
+//!   number of retransmissions; idle sessions are evicted after
+//!   `idle_timeout`. Each session's OpenSSL object runs with
+//!   `SSL_MODE_RELEASE_BUFFERS`.
+//! - **Isolation**: every call works on one session and never waits; a stuck
+//!   handshake holds one slot until its deadline.
+//! - **PSK lookups** happen inside OpenSSL's synchronous callback, so
+//!   [`PskStore::key`] must answer from memory.
+//! - Plaintext datagrams, records that fail to decrypt and replays are
+//!   dropped and counted ([`ServerStats::dropped`]).
+//! - A wrong key is not reported by the peer: DTLS discards records that
+//!   fail to decrypt, so such a handshake ends by timeout.
+//!
+//! # Not available
+//!
+//! DTLS Connection ID (RFC 9146) is not implemented by OpenSSL 3.0, so a
+//! session is bound to the peer's address; a client whose address changes
+//! (NAT rebinding) must handshake again. Its new ClientHello (with a cookie)
+//! replaces nothing at the new address and the old session ages out.
+//! Session resumption is not offered.
+#![warn(missing_docs, unreachable_pub)]
+
+mod client;
+mod config;
+mod cookie;
+mod ffi;
+mod pipe;
+pub mod record;
+mod server;
+mod socket;
+mod stats;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+pub use client::{ClientEvent, ClientSession, DtlsConnector};
+pub use config::{
+    ClientConfig, ConfigError, DEFAULT_CIPHER_LIST, DEFAULT_MTU, PskStore, Retransmission,
+    ServerConfig,
+};
+pub use server::{DtlsServer, MAX_PLAINTEXT, ServerEvent};
+pub use socket::{Datagram, DtlsClient, DtlsSocket, SocketError};
+pub use stats::{
+    DropReason, DroppedDatagrams, HandshakeFailure, HandshakeFailures, ServerStats,
+};
+
+/// A datagram to send on the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub peer: SocketAddr,
+    /// UDP payload.
+    pub bytes: Bytes,
+}
+
+/// Why an established session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer sent close_notify.
+    CloseNotify,
+    /// The peer sent a fatal alert (its description).
+    Alert(String),
+    /// No traffic for `idle_timeout`.
+    IdleTimeout,
+    /// A new handshake from the same address replaced it.
+    Replaced,
+    /// The application closed it.
+    LocalClose,
+    /// OpenSSL failed.
+    Error(String),
+}
+
+impl CloseReason {
+    pub(crate) fn classify(error: &openssl::ssl::Error) -> Self {
+        let alert = error.ssl_error().and_then(|stack| {
+            stack
+                .errors()
+                .iter()
+                .filter_map(|e| e.reason())
+                .find(|r| r.contains("alert"))
+                .map(str::to_owned)
+        });
+        match alert {
+            Some(alert) => CloseReason::Alert(alert),
+            None => CloseReason::Error(error.to_string()),
+        }
+    }
+}
+
+/// Why `send` failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// There is no session with that peer.
+    #[error("no DTLS session with this peer")]
+    NoSession,
+    /// The session's handshake has not finished.
+    #[error("DTLS handshake not finished")]
+    NotEstablished,
+    /// More than [`MAX_PLAINTEXT`] bytes.
+    #[error("datagram of {0} bytes exceeds the DTLS record limit")]
+    TooLarge(usize),
+    /// OpenSSL failed to encrypt; the session was closed.
+    #[error("DTLS session failed: {0}")]
+    SessionFailed(String),
+    /// The driver task has stopped.
+    #[error("DTLS socket driver stopped")]
+    DriverStopped,
+}

@@ -1,0 +1,545 @@
+//! The sans-IO DTLS server: many peers, one socket's worth of datagrams.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use openssl::ssl::{ErrorCode, Ssl, SslContext, SslStream};
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::cookie::CookieSecrets;
+use crate::ffi::{self, TimeoutOutcome};
+use crate::pipe::DatagramPipe;
+use crate::record::{self, ClientHello, ParseError};
+use crate::stats::{DropReason, HandshakeFailure, ServerStats};
+use crate::{CloseReason, SendError, Transmit};
+
+/// Largest plaintext one `send` may carry (one DTLS record; TLS's 2^14).
+pub const MAX_PLAINTEXT: usize = 16_384;
+
+/// What the server hands up to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A handshake finished; `identity` is the PSK identity that
+    /// authenticated.
+    SessionEstablished {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// The authenticated PSK identity.
+        identity: Bytes,
+    },
+    /// One decrypted application datagram.
+    Data {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// The PSK identity the session authenticated with.
+        identity: Bytes,
+        /// The plaintext.
+        bytes: Bytes,
+    },
+    /// An established session ended.
+    SessionClosed {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// The PSK identity of the session.
+        identity: Bytes,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// A DTLS 1.2 PSK server for many peers as a state machine without sockets
+/// or clocks (the shape of `quinn-proto`'s `Endpoint`).
+///
+/// # Order of calls
+///
+/// 1. For every datagram received on the socket:
+///    [`handle_datagram(now, peer, bytes)`](Self::handle_datagram).
+/// 2. Then drain [`poll_transmit`](Self::poll_transmit) and send each
+///    [`Transmit`] on the socket, and drain [`poll_event`](Self::poll_event)
+///    (decrypted data, sessions established/closed).
+/// 3. To send application data: [`send(peer, bytes)`](Self::send), then
+///    drain `poll_transmit` again.
+/// 4. Arm a timer at [`poll_timeout`](Self::poll_timeout); when it fires,
+///    call [`handle_timeout(now)`](Self::handle_timeout) and drain both
+///    queues again. `poll_timeout` may change after any call, so read it
+///    again after each.
+///
+/// Every call returns quickly and never blocks on one peer: a stuck
+/// handshake only holds its own (capped) slot.
+///
+/// # Time
+///
+/// `now` drives handshake deadlines, idle eviction and cookie rotation. The
+/// handshake retransmission timer itself lives inside OpenSSL, which reads
+/// the wall clock; `poll_timeout` converts its remaining time relative to
+/// the last `now` given, so pass `Instant::now()` in production.
+pub struct DtlsServer {
+    config: ServerConfig,
+    context: SslContext,
+    cookies: CookieSecrets,
+    sessions: HashMap<SocketAddr, Session>,
+    /// (deadline, peer) for every session: retransmission, handshake
+    /// deadline, idle eviction, whichever is first.
+    timers: BTreeSet<(Instant, SocketAddr)>,
+    handshaking: usize,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ServerEvent>,
+    stats: ServerStats,
+    read_buf: Vec<u8>,
+}
+
+struct Session {
+    stream: SslStream<DatagramPipe>,
+    state: SessionState,
+    /// The ClientHello random that started the session: a cookie-verified
+    /// ClientHello with the same random is a retransmission, another one is
+    /// a new handshake (the device rebooted).
+    client_random: [u8; 32],
+    last_activity: Instant,
+    deadline: Instant,
+}
+
+enum SessionState {
+    Handshaking { started: Instant, retransmissions: u32 },
+    Established { identity: Bytes },
+}
+
+/// What happened to a session during one step.
+enum Step {
+    Continue,
+    Failed(HandshakeFailure),
+    Closed(CloseReason),
+}
+
+impl DtlsServer {
+    /// Creates a server; builds the OpenSSL context and the first cookie
+    /// secrets.
+    pub fn new(config: ServerConfig, now: Instant) -> Result<Self, ConfigError> {
+        let context = config.build_context()?;
+        let cookies = CookieSecrets::new(now, config.cookie_lifetime)?;
+        Ok(DtlsServer {
+            config,
+            context,
+            cookies,
+            sessions: HashMap::new(),
+            timers: BTreeSet::new(),
+            handshaking: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ServerStats::default(),
+            read_buf: vec![0; MAX_PLAINTEXT + 2048],
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Feeds one received datagram from `peer`.
+    ///
+    /// Epoch-0 ClientHellos go through the stateless cookie check first
+    /// (RFC 6347 §4.2.1): without a valid cookie they are answered with a
+    /// HelloVerifyRequest and nothing is stored. Everything else goes to the
+    /// peer's session, if there is one, and is dropped (and counted) if not.
+    pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        if self.cookies.rotate_if_due(now).is_err() {
+            tracing::warn!("cookie secret rotation failed; keeping the old secret");
+        }
+        let first_record = match record::parse_record(datagram) {
+            Ok((_, record)) => record,
+            Err(ParseError::NotDtls) => return self.drop_datagram(DropReason::NotDtls),
+            Err(_) => return self.drop_datagram(DropReason::Malformed),
+        };
+        if first_record.content_type == record::CONTENT_HANDSHAKE && first_record.epoch == 0 {
+            match ClientHello::parse_datagram(datagram) {
+                Ok(hello) => return self.handle_client_hello(now, peer, datagram, &hello),
+                Err(ParseError::NotClientHello) => {}
+                Err(_) => return self.drop_datagram(DropReason::Malformed),
+            }
+        }
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return self.drop_datagram(DropReason::NoSession);
+        };
+        if !session.stream.get_mut().push(datagram) {
+            return self.drop_datagram(DropReason::SessionQueueFull);
+        }
+        let is_app_data = first_record.content_type == record::CONTENT_APPLICATION_DATA;
+        self.drive(now, peer, is_app_data);
+    }
+
+    /// Lets OpenSSL retransmit flights whose timer expired, fails handshakes
+    /// past their deadline or retransmission bound, and evicts idle
+    /// sessions.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(deadline, peer)) = self.timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.timers.remove(&(deadline, peer));
+            let Some(session) = self.sessions.get_mut(&peer) else {
+                continue;
+            };
+            let step = match &mut session.state {
+                SessionState::Handshaking {
+                    started,
+                    retransmissions,
+                } => {
+                    if now.saturating_duration_since(*started) >= self.config.handshake_timeout {
+                        Step::Failed(HandshakeFailure::Timeout)
+                    } else {
+                        match ffi::handle_retransmit_timeout(&mut session.stream) {
+                            TimeoutOutcome::NotExpired => Step::Continue,
+                            TimeoutOutcome::Retransmitted => {
+                                *retransmissions += 1;
+                                self.stats.retransmissions += 1;
+                                if *retransmissions > self.config.retransmission.max_retransmissions
+                                {
+                                    Step::Failed(HandshakeFailure::Timeout)
+                                } else {
+                                    Step::Continue
+                                }
+                            }
+                            TimeoutOutcome::Failed => Step::Failed(HandshakeFailure::Timeout),
+                        }
+                    }
+                }
+                SessionState::Established { .. } => {
+                    if now.saturating_duration_since(session.last_activity)
+                        >= self.config.idle_timeout
+                    {
+                        Step::Closed(CloseReason::IdleTimeout)
+                    } else {
+                        // A retransmission timer may still run right after
+                        // the handshake.
+                        let _ = ffi::handle_retransmit_timeout(&mut session.stream);
+                        Step::Continue
+                    }
+                }
+            };
+            self.finish_step(now, peer, step);
+        }
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout)
+    /// has work, if any session exists.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(deadline, _)| deadline)
+    }
+
+    /// The next datagram to send on the socket.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Encrypts `bytes` as one record for the established session with
+    /// `peer`; the datagram is then available from `poll_transmit`.
+    pub fn send(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
+        if bytes.len() > MAX_PLAINTEXT {
+            return Err(SendError::TooLarge(bytes.len()));
+        }
+        let session = self.sessions.get_mut(&peer).ok_or(SendError::NoSession)?;
+        if !matches!(session.state, SessionState::Established { .. }) {
+            return Err(SendError::NotEstablished);
+        }
+        match session.stream.ssl_write(bytes) {
+            Ok(_) => {
+                session.last_activity = now;
+                self.flush_outgoing(peer);
+                self.rearm(now, peer);
+                Ok(())
+            }
+            Err(error) => {
+                let reason = CloseReason::Error(error.to_string());
+                self.finish_step(now, peer, Step::Closed(reason));
+                Err(SendError::SessionFailed(error.to_string()))
+            }
+        }
+    }
+
+    /// Closes the session with `peer`, sending a close_notify alert. Returns
+    /// false if there was none. A `SessionClosed` event follows if it was
+    /// established.
+    pub fn close(&mut self, now: Instant, peer: SocketAddr) -> bool {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return false;
+        };
+        let _ = session.stream.shutdown();
+        self.finish_step(now, peer, Step::Closed(CloseReason::LocalClose));
+        true
+    }
+
+    /// The authenticated identity of the established session with `peer`.
+    pub fn identity(&self, peer: SocketAddr) -> Option<&Bytes> {
+        match &self.sessions.get(&peer)?.state {
+            SessionState::Established { identity } => Some(identity),
+            SessionState::Handshaking { .. } => None,
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ServerStats {
+        let mut stats = self.stats.clone();
+        stats.sessions = self.sessions.len();
+        stats.handshakes_in_progress = self.handshaking;
+        stats
+    }
+
+    fn drop_datagram(&mut self, reason: DropReason) {
+        self.stats.dropped.count(reason);
+    }
+
+    fn handle_client_hello(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        datagram: &[u8],
+        hello: &ClientHello<'_>,
+    ) {
+        if !self.cookies.verify(peer, hello.random, hello.cookie) {
+            return self.send_hello_verify_request(peer, hello);
+        }
+        if let Some(existing) = self.sessions.get_mut(&peer) {
+            if existing.client_random == *hello.random {
+                // The same ClientHello again: a retransmission for the
+                // running handshake (OpenSSL ignores it if it is stale).
+                if matches!(existing.state, SessionState::Handshaking { .. })
+                    && existing.stream.get_mut().push(datagram)
+                {
+                    return self.drive(now, peer, false);
+                }
+                return self.drop_datagram(DropReason::StaleClientHello);
+            }
+            // A new handshake from an address with a session: the device
+            // rebooted or lost its state. The cookie proved the address is
+            // reachable (RFC 6347 §4.2.8), so the old session goes.
+            self.finish_step(now, peer, Step::Closed(CloseReason::Replaced));
+        }
+        if self.handshaking >= self.config.max_handshakes {
+            return self.drop_datagram(DropReason::HandshakeLimit);
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            return self.drop_datagram(DropReason::SessionLimit);
+        }
+        let stream = match self.new_session_stream(datagram) {
+            Ok(Some(stream)) => stream,
+            Ok(None) => return self.drop_datagram(DropReason::Malformed),
+            Err(error) => {
+                tracing::debug!(%peer, %error, "OpenSSL refused a cookie-verified ClientHello");
+                return self.drop_datagram(DropReason::Malformed);
+            }
+        };
+        self.stats.handshakes_started += 1;
+        self.handshaking += 1;
+        self.sessions.insert(
+            peer,
+            Session {
+                stream,
+                state: SessionState::Handshaking {
+                    started: now,
+                    retransmissions: 0,
+                },
+                client_random: *hello.random,
+                last_activity: now,
+                deadline: now,
+            },
+        );
+        self.drive(now, peer, false);
+    }
+
+    fn send_hello_verify_request(&mut self, peer: SocketAddr, hello: &ClientHello<'_>) {
+        let datagram = self
+            .cookies
+            .issue(peer, hello.random)
+            .ok()
+            .and_then(|cookie| record::hello_verify_request(hello.record_sequence_number, &cookie));
+        match datagram {
+            Some(datagram) => {
+                self.stats.hello_verify_requests_sent += 1;
+                self.push_transmit(peer, datagram);
+            }
+            None => self.drop_datagram(DropReason::Malformed),
+        }
+    }
+
+    /// A server `Ssl` that has consumed `datagram` (a cookie-verified
+    /// ClientHello) through `DTLSv1_listen`.
+    fn new_session_stream(
+        &self,
+        datagram: &[u8],
+    ) -> Result<Option<SslStream<DatagramPipe>>, openssl::error::ErrorStack> {
+        let mut ssl = Ssl::new(&self.context)?;
+        ssl.set_mtu(u32::from(self.config.mtu))?;
+        ffi::set_retransmit_timer(&mut ssl, self.config.retransmission.timer())?;
+        ssl.set_accept_state();
+        let mut stream = SslStream::new(ssl, DatagramPipe::with_datagram(datagram))?;
+        if ffi::listen(&mut stream)? {
+            Ok(Some(stream))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Runs OpenSSL on whatever the session has queued: handshake progress
+    /// or decryption, then collects its output.
+    fn drive(&mut self, now: Instant, peer: SocketAddr, expect_data: bool) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let mut step = Step::Continue;
+        if let SessionState::Handshaking { .. } = session.state {
+            match session.stream.accept() {
+                Ok(()) => {
+                    let identity = session
+                        .stream
+                        .ssl()
+                        .psk_identity()
+                        .map(Bytes::copy_from_slice)
+                        .unwrap_or_default();
+                    session.state = SessionState::Established {
+                        identity: identity.clone(),
+                    };
+                    session.last_activity = now;
+                    self.handshaking = self.handshaking.saturating_sub(1);
+                    self.stats.handshakes_completed += 1;
+                    self.events
+                        .push_back(ServerEvent::SessionEstablished { peer, identity });
+                }
+                Err(error) if is_would_block(&error) => {}
+                Err(error) => step = Step::Failed(HandshakeFailure::classify(&error)),
+            }
+        }
+        if let (Step::Continue, SessionState::Established { identity }) =
+            (&step, &session.state)
+        {
+            let identity = identity.clone();
+            let mut delivered = false;
+            loop {
+                match session.stream.ssl_read(&mut self.read_buf) {
+                    Ok(n) => {
+                        let bytes = Bytes::copy_from_slice(self.read_buf.get(..n).unwrap_or(&[]));
+                        delivered = true;
+                        session.last_activity = now;
+                        self.stats.data_in += 1;
+                        self.events.push_back(ServerEvent::Data {
+                            peer,
+                            identity: identity.clone(),
+                            bytes,
+                        });
+                    }
+                    Err(error) if error.code() == ErrorCode::ZERO_RETURN => {
+                        step = Step::Closed(CloseReason::CloseNotify);
+                        break;
+                    }
+                    Err(error) if is_would_block(&error) => break,
+                    Err(error) => {
+                        step = Step::Closed(CloseReason::classify(&error));
+                        break;
+                    }
+                }
+            }
+            if expect_data && !delivered && matches!(step, Step::Continue) {
+                // DTLS silently discards records that fail to decrypt or
+                // are replays (RFC 6347 §4.1.2.7).
+                self.stats.dropped.count(DropReason::Undecryptable);
+            }
+        }
+        self.finish_step(now, peer, step);
+    }
+
+    /// Collects the session's output, then either rearms its timer or
+    /// removes it.
+    fn finish_step(&mut self, now: Instant, peer: SocketAddr, step: Step) {
+        self.flush_outgoing(peer);
+        match step {
+            Step::Continue => self.rearm(now, peer),
+            Step::Failed(failure) => {
+                self.stats.handshakes_failed.count(failure);
+                self.remove(peer, None);
+            }
+            Step::Closed(reason) => {
+                if reason == CloseReason::IdleTimeout {
+                    self.stats.evictions += 1;
+                }
+                self.remove(peer, Some(reason));
+            }
+        }
+    }
+
+    fn remove(&mut self, peer: SocketAddr, reason: Option<CloseReason>) {
+        let Some(session) = self.sessions.remove(&peer) else {
+            return;
+        };
+        self.timers.remove(&(session.deadline, peer));
+        match session.state {
+            SessionState::Handshaking { .. } => {
+                self.handshaking = self.handshaking.saturating_sub(1);
+                if reason.is_some() {
+                    // A handshake replaced or closed before it finished.
+                    self.stats.handshakes_failed.count(HandshakeFailure::Aborted);
+                }
+            }
+            SessionState::Established { identity } => {
+                self.stats.sessions_closed += 1;
+                self.events.push_back(ServerEvent::SessionClosed {
+                    peer,
+                    identity,
+                    reason: reason.unwrap_or(CloseReason::LocalClose),
+                });
+            }
+        }
+    }
+
+    fn flush_outgoing(&mut self, peer: SocketAddr) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let outgoing = std::mem::take(&mut session.stream.get_mut().outgoing);
+        session.stream.get_mut().shrink();
+        for datagram in outgoing {
+            self.push_transmit(peer, datagram);
+        }
+    }
+
+    fn push_transmit(&mut self, peer: SocketAddr, datagram: Vec<u8>) {
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += datagram.len() as u64;
+        self.transmits.push_back(Transmit {
+            peer,
+            bytes: Bytes::from(datagram),
+        });
+    }
+
+    /// Recomputes the session's next deadline.
+    fn rearm(&mut self, now: Instant, peer: SocketAddr) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let mut deadline = match session.state {
+            SessionState::Handshaking { started, .. } => started + self.config.handshake_timeout,
+            SessionState::Established { .. } => session.last_activity + self.config.idle_timeout,
+        };
+        if let Some(left) = ffi::retransmit_timeout(&session.stream) {
+            deadline = deadline.min(now + left);
+        }
+        if deadline != session.deadline || !self.timers.contains(&(deadline, peer)) {
+            self.timers.remove(&(session.deadline, peer));
+            session.deadline = deadline;
+            self.timers.insert((deadline, peer));
+        }
+    }
+}
+
+pub(crate) fn is_would_block(error: &openssl::ssl::Error) -> bool {
+    error.code() == ErrorCode::WANT_READ || error.code() == ErrorCode::WANT_WRITE
+}

@@ -1,0 +1,371 @@
+//! Thin tokio drivers: [`DtlsSocket`] runs a [`DtlsServer`] on a UDP socket,
+//! [`DtlsClient`] runs one [`ClientSession`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::client::{ClientEvent, ClientSession, DtlsConnector};
+use crate::config::{ConfigError, ServerConfig};
+use crate::server::{DtlsServer, ServerEvent};
+use crate::stats::{HandshakeFailure, ServerStats};
+use crate::{CloseReason, SendError, Transmit};
+
+/// One decrypted datagram with its authenticated origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The PSK identity that authenticated the session.
+    pub identity: Bytes,
+    /// The plaintext.
+    pub bytes: Bytes,
+}
+
+/// Errors of the tokio drivers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketError {
+    /// Socket I/O failed.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    /// The configuration could not be turned into an OpenSSL context.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The client handshake failed.
+    #[error("DTLS handshake failed: {0:?}")]
+    Handshake(HandshakeFailure),
+    /// The session was closed.
+    #[error("DTLS session closed: {0:?}")]
+    Closed(CloseReason),
+    /// Sending failed.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The driver task has stopped.
+    #[error("DTLS socket driver stopped")]
+    DriverStopped,
+}
+
+/// Capacity of the queue of decrypted datagrams waiting for `recv`; when
+/// full, further datagrams are dropped and counted
+/// (`dropped.receive_queue_full`).
+const RECEIVE_QUEUE: usize = 4096;
+
+/// A DTLS server on one UDP socket.
+///
+/// A background task owns the receive side and the timer; `send_to` encrypts
+/// under a short lock and sends directly. Dropping the `DtlsSocket` stops the
+/// task. Session events (established/closed) are reflected in
+/// [`stats`](Self::stats); `recv` yields data only.
+pub struct DtlsSocket {
+    shared: Arc<Shared>,
+    data: tokio::sync::Mutex<mpsc::Receiver<Datagram>>,
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    server: Mutex<DtlsServer>,
+    socket: UdpSocket,
+    receive_queue_full: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, DtlsServer> {
+        // A panic while holding the lock cannot leave the server in a state
+        // worse than the panic itself; keep serving.
+        self.server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl DtlsSocket {
+    /// Binds `addr` and starts the driver task (needs a tokio runtime).
+    pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, SocketError> {
+        let socket = UdpSocket::bind(addr).await?;
+        Self::from_socket(socket, config)
+    }
+
+    /// Runs on an already bound socket.
+    pub fn from_socket(socket: UdpSocket, config: ServerConfig) -> Result<Self, SocketError> {
+        let local_addr = socket.local_addr()?;
+        let server = DtlsServer::new(config, Instant::now())?;
+        let shared = Arc::new(Shared {
+            server: Mutex::new(server),
+            socket,
+            receive_queue_full: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(RECEIVE_QUEUE);
+        let task = tokio::spawn(drive_server(Arc::clone(&shared), tx));
+        Ok(DtlsSocket {
+            shared,
+            data: tokio::sync::Mutex::new(rx),
+            local_addr,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The next decrypted datagram from any peer.
+    pub async fn recv(&self) -> Result<Datagram, SocketError> {
+        self.data
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(SocketError::DriverStopped)
+    }
+
+    /// Encrypts `bytes` for the established session with `peer` and sends it.
+    pub async fn send_to(&self, peer: SocketAddr, bytes: &[u8]) -> Result<(), SocketError> {
+        let transmits = {
+            let mut server = self.shared.lock();
+            server.send(Instant::now(), peer, bytes)?;
+            drain_transmits(&mut server)
+        };
+        for transmit in transmits {
+            self.shared
+                .socket
+                .send_to(&transmit.bytes, transmit.peer)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the session with `peer` (close_notify); false if none.
+    pub async fn close(&self, peer: SocketAddr) -> Result<bool, SocketError> {
+        let (closed, transmits) = {
+            let mut server = self.shared.lock();
+            let closed = server.close(Instant::now(), peer);
+            (closed, drain_transmits(&mut server))
+        };
+        for transmit in transmits {
+            self.shared
+                .socket
+                .send_to(&transmit.bytes, transmit.peer)
+                .await?;
+        }
+        Ok(closed)
+    }
+
+    /// The authenticated identity of the session with `peer`, if established.
+    pub fn identity(&self, peer: SocketAddr) -> Option<Bytes> {
+        self.shared.lock().identity(peer).cloned()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ServerStats {
+        let mut stats = self.shared.lock().stats();
+        stats.dropped.receive_queue_full = self.shared.receive_queue_full.load(Ordering::Relaxed);
+        stats
+    }
+}
+
+impl Drop for DtlsSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn drain_transmits(server: &mut DtlsServer) -> Vec<Transmit> {
+    std::iter::from_fn(|| server.poll_transmit()).collect()
+}
+
+/// The receive/timer loop of a `DtlsSocket`.
+async fn drive_server(shared: Arc<Shared>, data: mpsc::Sender<Datagram>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let deadline = shared.lock().poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let transmits = tokio::select! {
+            received = shared.socket.recv_from(&mut buf) => {
+                let (n, peer) = match received {
+                    Ok(received) => received,
+                    Err(error) => {
+                        // E.g. ICMP errors surfacing on the socket: keep serving.
+                        tracing::debug!(%error, "DTLS socket receive error");
+                        continue;
+                    }
+                };
+                let mut server = shared.lock();
+                server.handle_datagram(Instant::now(), peer, buf.get(..n).unwrap_or(&[]));
+                collect(&shared, &mut server, &data)
+            }
+            () = sleep => {
+                let mut server = shared.lock();
+                server.handle_timeout(Instant::now());
+                collect(&shared, &mut server, &data)
+            }
+        };
+        for transmit in transmits {
+            if let Err(error) = shared.socket.send_to(&transmit.bytes, transmit.peer).await {
+                tracing::debug!(%error, peer = %transmit.peer, "DTLS socket send error");
+            }
+        }
+    }
+}
+
+fn collect(shared: &Shared, server: &mut DtlsServer, data: &mpsc::Sender<Datagram>) -> Vec<Transmit> {
+    while let Some(event) = server.poll_event() {
+        match event {
+            ServerEvent::Data {
+                peer,
+                identity,
+                bytes,
+            } => {
+                if data
+                    .try_send(Datagram {
+                        peer,
+                        identity,
+                        bytes,
+                    })
+                    .is_err()
+                {
+                    shared.receive_queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            ServerEvent::SessionEstablished { peer, identity } => {
+                tracing::debug!(%peer, identity = %String::from_utf8_lossy(&identity), "DTLS session established");
+            }
+            ServerEvent::SessionClosed { peer, reason, .. } => {
+                tracing::debug!(%peer, ?reason, "DTLS session closed");
+            }
+        }
+    }
+    drain_transmits(server)
+}
+
+/// A DTLS client on its own connected UDP socket: one session to one
+/// server. Methods take `&mut self`; there is no background task, timers are
+/// served while `connect`/`recv` wait.
+pub struct DtlsClient {
+    socket: UdpSocket,
+    session: ClientSession,
+    pending: std::collections::VecDeque<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl DtlsClient {
+    /// Binds an ephemeral port on the matching loopback/any address,
+    /// connects it to `server` and completes the handshake.
+    pub async fn connect(
+        connector: &DtlsConnector,
+        server: SocketAddr,
+    ) -> Result<Self, SocketError> {
+        let bind: SocketAddr = if server.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(bind).await?;
+        socket.connect(server).await?;
+        let session = connector.connect(Instant::now())?;
+        let mut client = DtlsClient {
+            socket,
+            session,
+            pending: std::collections::VecDeque::new(),
+            buf: vec![0; 65_536],
+        };
+        client.flush().await?;
+        while !client.session.is_established() {
+            client.step().await?;
+        }
+        Ok(client)
+    }
+
+    /// The local address of the client's socket.
+    pub fn local_addr(&self) -> Result<SocketAddr, SocketError> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    /// Encrypts and sends one datagram.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), SocketError> {
+        self.session.send(bytes)?;
+        self.flush().await
+    }
+
+    /// The next decrypted datagram from the server.
+    pub async fn recv(&mut self) -> Result<Bytes, SocketError> {
+        loop {
+            if let Some(bytes) = self.pending.pop_front() {
+                return Ok(bytes);
+            }
+            self.step().await?;
+        }
+    }
+
+    /// Like [`recv`](Self::recv) with a time limit; `Ok(None)` on timeout.
+    pub async fn recv_timeout(&mut self, limit: Duration) -> Result<Option<Bytes>, SocketError> {
+        match tokio::time::timeout(limit, self.recv()).await {
+            Ok(result) => result.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends close_notify.
+    pub async fn close(&mut self) -> Result<(), SocketError> {
+        self.session.close();
+        self.flush().await
+    }
+
+    /// Waits for one datagram or timer expiry and processes it.
+    async fn step(&mut self) -> Result<(), SocketError> {
+        let deadline = self.session.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = self.socket.recv(&mut self.buf) => {
+                match received {
+                    Ok(n) => self.session.handle_datagram(Instant::now(), self.buf.get(..n).unwrap_or(&[])),
+                    // ICMP port unreachable on a connected socket: the
+                    // server is not (yet) there; retransmission handles it.
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            () = sleep => self.session.handle_timeout(Instant::now()),
+        }
+        self.flush().await?;
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                ClientEvent::Connected => {}
+                ClientEvent::Data(bytes) => self.pending.push_back(bytes),
+                ClientEvent::HandshakeFailed(failure) => return Err(SocketError::Handshake(failure)),
+                ClientEvent::Closed(reason) => return Err(SocketError::Closed(reason)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SocketError> {
+        while let Some(datagram) = self.session.poll_transmit() {
+            match self.socket.send(&datagram).await {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+}
