@@ -1,1 +1,110 @@
-//! `gateway-kit`: work in progress.
+//! `gateway-kit`: the plumbing both gateway binaries share.
+//!
+//! `coap-emqx-gateway` and `coap-hono-adapter` differ in protocol logic but
+//! run the same way: flags, environment and a TOML file make one typed
+//! config; `tracing` logs as text or JSON; an optional HTTP server exposes
+//! Prometheus metrics, health, readiness and the binary's management API;
+//! SIGINT/SIGTERM start a graceful shutdown with a bounded drain. This crate
+//! holds that plumbing and nothing else.
+//!
+//! **Not for**: anything CoAP, MQTT or AMQP. It does not depend on the
+//! protocol crates, and they need not depend on it (they take plain
+//! [`Counter`]/[`Histogram`] handles or their own config structs).
+//!
+//! ```text
+//!  argv/env ─clap─▶ ParsedArgs ─┐
+//!  --config FILE ───────────────┴─config::load_layered─▶ Config ─▶ init_logging
+//!                                                           │
+//!   MetricsRegistry ◀── components register Counter/Gauge/Histogram handles
+//!   Readiness       ◀── components register ReadyFlag ("udp", "broker")
+//!        │
+//!  HttpServer{/metrics,/healthz,/readyz, + binary's axum::Router}.start(addr, shutdown)
+//!
+//!  Shutdown::listen_for_signals ─▶ triggered() in every task ─▶ InFlight::drain(deadline)
+//!  main returns startup::exit_code(...) ─▶ one line on stderr, exit 1
+//! ```
+//!
+//! Metrics are hand-written (see [`metrics`]) rather than built on
+//! `prometheus-client`: the needs are small, and it keeps the hot path to one
+//! relaxed atomic add on a pre-resolved handle with no label lookup.
+//!
+//! A binary's `main` in outline:
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//! use gateway_kit::{config, startup, LogFormat};
+//!
+//! #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct Config {
+//!     udp: Option<std::net::SocketAddr>,
+//!     log: Option<String>,
+//!     log_format: LogFormat,
+//! }
+//!
+//! /// Example gateway.
+//! #[derive(Debug, clap::Parser, serde::Serialize)]
+//! struct Cli {
+//!     /// TOML config file.
+//!     #[arg(long, env = "GW_CONFIG")]
+//!     #[serde(skip)]
+//!     config: Option<std::path::PathBuf>,
+//!     /// Print the effective config and exit.
+//!     #[arg(long)]
+//!     #[serde(skip)]
+//!     print_config: bool,
+//!     /// UDP address to listen on.
+//!     #[arg(long, env = "GW_UDP")]
+//!     udp: Option<std::net::SocketAddr>,
+//!     /// Log level (default: RUST_LOG, else info).
+//!     #[arg(long, env = "GW_LOG")]
+//!     log: Option<String>,
+//!     /// Log format.
+//!     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+//!     log_format: LogFormat,
+//! }
+//!
+//! fn main() -> ExitCode {
+//!     let parsed = match startup::parse_args::<Cli>() {
+//!         Ok(parsed) => parsed,
+//!         Err(e) => return e.report("gw"),
+//!     };
+//!     startup::exit_code("gw", run(parsed))
+//! }
+//!
+//! fn run(parsed: startup::ParsedArgs<Cli>) -> Result<(), Box<dyn std::error::Error>> {
+//!     let config: Config =
+//!         config::load_layered(&parsed.args, &parsed.matches, parsed.args.config.as_deref())?;
+//!     if parsed.args.print_config {
+//!         print!("{}", config::render(&config)?);
+//!         return Ok(());
+//!     }
+//!     gateway_kit::init_logging(config.log.as_deref(), config.log_format)?;
+//!     Ok(())
+//! }
+//! ```
+
+pub mod byte_size;
+pub mod config;
+pub mod duration;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod readiness;
+pub mod redact;
+pub mod shutdown;
+pub mod startup;
+
+/// The `axum` version the management API must be written against.
+pub use axum;
+
+pub use byte_size::{ByteSize, ByteSizeParseError};
+pub use config::ConfigError;
+pub use duration::{DurationParseError, HumanDuration};
+pub use http::{ApiError, HttpError, HttpServer, RunningHttpServer};
+pub use logging::{LogFormat, LoggingError, init_logging};
+pub use metrics::{BROKER_RTT_BUCKETS, Counter, Gauge, Histogram, MetricsError, MetricsRegistry};
+pub use readiness::{Readiness, ReadyFlag};
+pub use redact::{Redact, SecretUrl};
+pub use shutdown::{DrainOutcome, InFlight, InFlightGuard, Shutdown, ShutdownReason};
+pub use startup::{ParsedArgs, announce_listener};

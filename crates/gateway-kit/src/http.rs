@@ -1,0 +1,252 @@
+//! The operations HTTP server: `/metrics`, `/healthz`, `/readyz`, and the
+//! binary's own management API mounted beside them.
+//!
+//! ```text
+//!  GET /metrics ──▶ MetricsRegistry::render          (Prometheus text)
+//!  GET /healthz ──▶ 200 "ok"                         (the process answers)
+//!  GET /readyz  ──▶ Readiness::not_ready + Shutdown  (200 "ready" | 503 "not ready: ...")
+//!  anything else ─▶ the binary's axum::Router        (JSON management API)
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::metrics::{MetricsRegistry, PROMETHEUS_CONTENT_TYPE};
+use crate::readiness::Readiness;
+use crate::shutdown::Shutdown;
+
+/// Why the HTTP server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The address could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Bind {
+        /// The requested address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Serving failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] io::Error),
+    /// The server task panicked or was cancelled.
+    #[error("HTTP server task ended abnormally: {0}")]
+    Task(String),
+}
+
+/// What the operations server serves, before it is bound.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), gateway_kit::HttpError> {
+/// use gateway_kit::{HttpServer, MetricsRegistry, Readiness, Shutdown};
+/// use gateway_kit::axum::{routing::get, Router};
+/// let api = Router::new().route("/api/clients", get(|| async { "[]" }));
+/// let running = HttpServer::new(MetricsRegistry::new(), Readiness::new())
+///     .with_api(api)
+///     .start("127.0.0.1:0".parse().unwrap(), Shutdown::new())
+///     .await?;
+/// println!("http on {}", running.local_addr());
+/// # Ok(()) }
+/// ```
+pub struct HttpServer {
+    metrics: MetricsRegistry,
+    readiness: Readiness,
+    api: Router,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    metrics: MetricsRegistry,
+    readiness: Readiness,
+    shutdown: Shutdown,
+}
+
+impl HttpServer {
+    /// A server for these metrics and readiness checks, with no API routes.
+    pub fn new(metrics: MetricsRegistry, readiness: Readiness) -> Self {
+        HttpServer {
+            metrics,
+            readiness,
+            api: Router::new(),
+        }
+    }
+
+    /// Mounts the binary's management routes (with its state already
+    /// applied, i.e. a `Router<()>`). They receive every request whose path
+    /// is not `/metrics`, `/healthz` or `/readyz`; those three always win, so
+    /// no route can clash. Calling this again replaces the previous routes.
+    pub fn with_api(mut self, api: Router) -> Self {
+        self.api = api;
+        self
+    }
+
+    /// The complete router, for serving it some other way (or testing).
+    /// `/readyz` reports not ready once `shutdown` has fired.
+    pub fn into_router(self, shutdown: Shutdown) -> Router {
+        let state = OpsState {
+            metrics: self.metrics,
+            readiness: self.readiness,
+            shutdown,
+        };
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(state)
+            .fallback_service(self.api)
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves on a spawned task
+    /// until `shutdown` fires; then stops accepting and finishes open
+    /// requests. Must be called inside a tokio runtime.
+    pub async fn start(
+        self,
+        addr: SocketAddr,
+        shutdown: Shutdown,
+    ) -> Result<RunningHttpServer, HttpError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HttpError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| HttpError::Bind { addr, source })?;
+        let stop = shutdown.triggered_owned();
+        let router = self.into_router(shutdown);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    stop.await;
+                })
+                .await
+        });
+        Ok(RunningHttpServer { local_addr, task })
+    }
+}
+
+/// A started operations server.
+#[derive(Debug)]
+pub struct RunningHttpServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl RunningHttpServer {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for the server to stop (after shutdown fired and open requests
+    /// finished). Bound it with a timeout during shutdown.
+    pub async fn stopped(self) -> Result<(), HttpError> {
+        match self.task.await {
+            Ok(result) => result.map_err(HttpError::Serve),
+            Err(e) => Err(HttpError::Task(e.to_string())),
+        }
+    }
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
+    if let Some(reason) = state.shutdown.reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: shutting down ({reason})\n"),
+        );
+    }
+    let not_ready = state.readiness.not_ready();
+    if not_ready.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", not_ready.join(", ")),
+        )
+    }
+}
+
+/// An error answer for management API handlers: the status code and a JSON
+/// body `{"error": "<message>"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with any status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request body or query is wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404: no such client (or other object).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 503: the gateway cannot do this now (e.g. broker down).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    /// 504: a device or broker did not answer in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, message)
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
