@@ -123,8 +123,10 @@ pub fn overrides_from_args<A: Serialize>(
     args: &A,
     matches: &ArgMatches,
 ) -> Result<Table, ConfigError> {
-    let flat = Table::try_from(args).map_err(|e| ConfigError::Args {
-        message: one_line(&e.to_string()),
+    let flat = crate::redact::with_secrets_exposed(|| Table::try_from(args)).map_err(|e| {
+        ConfigError::Args {
+            message: one_line(&e.to_string()),
+        }
     })?;
     let mut overrides = Table::new();
     for (key, value) in flat {

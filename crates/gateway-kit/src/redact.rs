@@ -1,5 +1,6 @@
 //! Secrets that must not leak into logs, `Debug` output or `--print-config`.
 
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -8,9 +9,32 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The text printed in place of a secret.
 pub const REDACTED: &str = "***";
 
+thread_local! {
+    /// Set while [`crate::config::overrides_from_args`] turns the clap struct
+    /// into config keys: there a secret given by flag must pass through.
+    static EXPOSE_SECRETS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with secrets serialized as their real values on this thread.
+pub(crate) fn with_secrets_exposed<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            EXPOSE_SECRETS.with(|e| e.set(self.0));
+        }
+    }
+    let _restore = Restore(EXPOSE_SECRETS.with(|e| e.replace(true)));
+    f()
+}
+
+fn secrets_exposed() -> bool {
+    EXPOSE_SECRETS.with(Cell::get)
+}
+
 /// A secret value: `Debug` and `Serialize` print `"***"`, deserializing and
 /// parsing (for clap) read the real value, and [`Redact::expose`] hands it out
-/// on purpose.
+/// on purpose. It may be used in the clap struct too: while
+/// [`crate::config::overrides_from_args`] reads flags, the real value passes.
 ///
 /// There is deliberately no `Display`: formatting a secret needs an explicit
 /// `expose()` at the call site.
@@ -46,9 +70,13 @@ impl<T> fmt::Debug for Redact<T> {
     }
 }
 
-impl<T> Serialize for Redact<T> {
+impl<T: Serialize> Serialize for Redact<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(REDACTED)
+        if secrets_exposed() {
+            self.0.serialize(serializer)
+        } else {
+            serializer.serialize_str(REDACTED)
+        }
     }
 }
 
@@ -113,7 +141,11 @@ impl fmt::Debug for SecretUrl {
 
 impl Serialize for SecretUrl {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.redacted())
+        if secrets_exposed() {
+            serializer.serialize_str(&self.0)
+        } else {
+            serializer.serialize_str(&self.redacted())
+        }
     }
 }
 
