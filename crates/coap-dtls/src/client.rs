@@ -60,7 +60,7 @@ impl DtlsConnector {
             read_buf: vec![0; MAX_PLAINTEXT + 2048],
             now,
         };
-        session.drive(now);
+        session.drive();
         Ok(session)
     }
 }
@@ -114,7 +114,7 @@ impl ClientSession {
             return;
         }
         let _ = self.stream.get_mut().push(datagram);
-        self.drive(now);
+        self.drive();
     }
 
     /// Retransmits the last flight if OpenSSL's timer expired; fails the
@@ -176,6 +176,23 @@ impl ClientSession {
         self.state == ClientState::Established
     }
 
+    /// The largest datagram [`send`](Self::send) accepts (MTU minus record
+    /// overhead), once established.
+    pub fn max_plaintext(&self) -> Option<usize> {
+        if !self.is_established() {
+            return None;
+        }
+        ffi::data_mtu(&self.stream)
+    }
+
+    /// The negotiated cipher suite's OpenSSL name, once established.
+    pub fn cipher_suite(&self) -> Option<&'static str> {
+        if !self.is_established() {
+            return None;
+        }
+        self.stream.ssl().current_cipher().map(|cipher| cipher.name())
+    }
+
     /// Whether the session failed or closed.
     pub fn is_closed(&self) -> bool {
         self.state == ClientState::Closed
@@ -191,6 +208,9 @@ impl ClientSession {
             ClientState::Established => {}
             ClientState::Handshaking { .. } => return Err(SendError::NotEstablished),
             ClientState::Closed => return Err(SendError::NoSession),
+        }
+        if ffi::data_mtu(&self.stream).is_some_and(|max| bytes.len() > max) {
+            return Err(SendError::TooLarge(bytes.len()));
         }
         match self.stream.ssl_write(bytes) {
             Ok(_) => {
@@ -215,7 +235,7 @@ impl ClientSession {
         self.close_with(CloseReason::LocalClose);
     }
 
-    fn drive(&mut self, now: Instant) {
+    fn drive(&mut self) {
         if let ClientState::Handshaking { .. } = self.state {
             match self.stream.connect() {
                 Ok(()) => {
@@ -229,7 +249,6 @@ impl ClientSession {
                 }
             }
         }
-        let _ = now;
         if self.state == ClientState::Established {
             loop {
                 match self.stream.ssl_read(&mut self.read_buf) {

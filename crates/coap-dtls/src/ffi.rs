@@ -43,6 +43,7 @@ unsafe extern "C" {
     fn BIO_ADDR_new() -> *mut BioAddr;
     fn BIO_ADDR_free(addr: *mut BioAddr);
     fn DTLS_set_timer_cb(s: *mut openssl_sys::SSL, cb: Option<DtlsTimerCb>);
+    fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> usize;
     fn SSL_CTX_use_psk_identity_hint(ctx: *mut openssl_sys::SSL_CTX, hint: *const c_char) -> c_int;
 }
 
@@ -115,6 +116,15 @@ pub(crate) fn retransmit_timeout<S>(stream: &SslStream<S>) -> Option<Duration> {
     let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
     let micros = u64::try_from(tv.tv_usec).unwrap_or(0);
     Some(Duration::from_secs(secs) + Duration::from_micros(micros))
+}
+
+/// The largest plaintext one record can carry within the MTU under the
+/// negotiated cipher suite (`DTLS_get_data_mtu`); `None` before a suite is
+/// negotiated.
+pub(crate) fn data_mtu<S>(stream: &SslStream<S>) -> Option<usize> {
+    // SAFETY: the SSL object is valid; the call only reads it.
+    let mtu = unsafe { DTLS_get_data_mtu(stream.ssl().as_ptr()) };
+    (mtu > 0).then_some(mtu)
 }
 
 /// What `DTLSv1_handle_timeout` did.

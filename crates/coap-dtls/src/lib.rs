@@ -150,8 +150,9 @@ pub enum SendError {
     /// The session's handshake has not finished.
     #[error("DTLS handshake not finished")]
     NotEstablished,
-    /// More than [`MAX_PLAINTEXT`] bytes.
-    #[error("datagram of {0} bytes exceeds the DTLS record limit")]
+    /// More than fits one datagram at the configured MTU (see
+    /// `max_plaintext`), or more than [`MAX_PLAINTEXT`].
+    #[error("datagram of {0} bytes does not fit one DTLS record within the MTU")]
     TooLarge(usize),
     /// OpenSSL failed to encrypt; the session was closed.
     #[error("DTLS session failed: {0}")]

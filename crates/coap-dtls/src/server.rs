@@ -244,6 +244,7 @@ impl DtlsServer {
 
     /// Encrypts `bytes` as one record for the established session with
     /// `peer`; the datagram is then available from `poll_transmit`.
+    /// `bytes` must fit one datagram ([`max_plaintext`](Self::max_plaintext)).
     pub fn send(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
         if bytes.len() > MAX_PLAINTEXT {
             return Err(SendError::TooLarge(bytes.len()));
@@ -251,6 +252,10 @@ impl DtlsServer {
         let session = self.sessions.get_mut(&peer).ok_or(SendError::NoSession)?;
         if !matches!(session.state, SessionState::Established { .. }) {
             return Err(SendError::NotEstablished);
+        }
+        // One datagram must stay within the MTU: no IP fragmentation.
+        if ffi::data_mtu(&session.stream).is_some_and(|max| bytes.len() > max) {
+            return Err(SendError::TooLarge(bytes.len()));
         }
         match session.stream.ssl_write(bytes) {
             Ok(_) => {
@@ -283,6 +288,29 @@ impl DtlsServer {
     pub fn identity(&self, peer: SocketAddr) -> Option<&Bytes> {
         match &self.sessions.get(&peer)?.state {
             SessionState::Established { identity } => Some(identity),
+            SessionState::Handshaking { .. } => None,
+        }
+    }
+
+    /// The largest datagram [`send`](Self::send) accepts for the established
+    /// session with `peer`: the MTU minus the record overhead of the
+    /// negotiated cipher suite (1203 bytes for CCM_8 at the default MTU).
+    pub fn max_plaintext(&self, peer: SocketAddr) -> Option<usize> {
+        let session = self.sessions.get(&peer)?;
+        match session.state {
+            SessionState::Established { .. } => ffi::data_mtu(&session.stream),
+            SessionState::Handshaking { .. } => None,
+        }
+    }
+
+    /// The negotiated cipher suite (OpenSSL name) of the established
+    /// session with `peer`.
+    pub fn cipher_suite(&self, peer: SocketAddr) -> Option<&'static str> {
+        let session = self.sessions.get(&peer)?;
+        match session.state {
+            SessionState::Established { .. } => {
+                session.stream.ssl().current_cipher().map(|cipher| cipher.name())
+            }
             SessionState::Handshaking { .. } => None,
         }
     }
