@@ -1,0 +1,970 @@
+//! One MQTT connection ("link"): a rumqttc client plus its event loop on a
+//! task of its own, with packet-id correlation of acknowledgements.
+//!
+//! rumqttc 0.25 has no per-request ack handle. What it does give: requests
+//! are taken from its channel strictly in order, and each one taken yields
+//! an `Outgoing::Publish(pkid)` / `Subscribe(pkid)` / `Unsubscribe(pkid)`
+//! event (or `AwaitAck(pkid)` when a publish collides on a packet id and is
+//! sent later, after the ack of that id, as the next `Outgoing::Publish`).
+//! So every request we put into the channel is also pushed, under the same
+//! lock, onto our FIFO `awaiting_pkid`; the outgoing event pops the FIFO and
+//! files the waiter under the packet id; PUBACK / PUBCOMP / SUBACK resolve
+//! it.
+//!
+//! Requests are submitted only while the link is up. When the connection
+//! fails, under the same lock, the event loop's leftover requests are
+//! discarded (a clean session resends nothing) and every waiter fails with
+//! `Unavailable`. This keeps the FIFO and rumqttc's channel in step and
+//! means no publish is ever reported as accepted without its ack.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{MqttConfig, MqttProtocol};
+use crate::broker::embedded::expiry_secs;
+use crate::broker::subscriptions::LocalSubscriptions;
+use crate::broker::{BrokerError, DeliveryHub, Message, Publish, Qos, SubscriberId, min_qos};
+
+/// Connection status as seen by callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LinkStatus {
+    Connecting,
+    Up,
+    Down,
+    /// The broker refused the credentials; the link has stopped.
+    NotAuthorized,
+    /// Closed on purpose (client disconnected / broker dropped).
+    Closed,
+}
+
+type Waiter = oneshot::Sender<Result<(), BrokerError>>;
+
+enum Pending {
+    Publish(Option<Waiter>),
+    Subscribe(Option<Waiter>),
+    Unsubscribe,
+}
+
+struct Probe {
+    topic: String,
+    tag: u32,
+    reply: Option<oneshot::Sender<Message>>,
+}
+
+struct LinkState {
+    up: bool,
+    closed: bool,
+    awaiting_pkid: VecDeque<Pending>,
+    collided: Option<Pending>,
+    pub_acks: HashMap<u16, Waiter>,
+    sub_acks: HashMap<u16, Waiter>,
+    subscriptions: LocalSubscriptions,
+    next_tag: u32,
+    probes: Vec<Probe>,
+}
+
+enum LinkClient {
+    V5(rumqttc::v5::AsyncClient),
+    V4(rumqttc::AsyncClient),
+}
+
+pub(super) struct Link {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: LinkClient,
+    state: Mutex<LinkState>,
+    status: watch::Sender<LinkStatus>,
+    hub: Arc<DeliveryHub>,
+    config: Arc<MqttConfig>,
+    /// Credentials this link connected with (per-client model).
+    credentials: Option<(Option<String>, Option<String>)>,
+}
+
+/// What the event loop reports, independent of the MQTT version.
+enum LinkEvent {
+    ConnAck,
+    OutPublish(u16),
+    OutAwaitAck(u16),
+    OutSubscribe(u16),
+    OutUnsubscribe(u16),
+    OutDisconnect,
+    PubAck(u16, Result<(), BrokerError>),
+    PubRec(u16, Result<(), BrokerError>),
+    PubComp(u16, Result<(), BrokerError>),
+    SubAck(u16, Result<(), BrokerError>),
+    Publish(IncomingPublish),
+    Other,
+}
+
+struct IncomingPublish {
+    topic: String,
+    payload: Bytes,
+    qos: Qos,
+    retain: bool,
+    expiry: Option<Duration>,
+    content_type: Option<String>,
+    subscription_ids: Vec<usize>,
+}
+
+/// Largest MQTT 5 subscription identifier (variable byte integer).
+const MAX_SUBSCRIPTION_ID: u32 = 268_435_455;
+
+impl Link {
+    /// Creates the link and starts its event loop task (needs a tokio
+    /// runtime). `client_id` is the MQTT client id.
+    pub(super) fn start(
+        config: Arc<MqttConfig>,
+        hub: Arc<DeliveryHub>,
+        client_id: String,
+        credentials: Option<(Option<String>, Option<String>)>,
+    ) -> Self {
+        let (host, port) = (config.host.clone(), config.port);
+        let creds = credentials
+            .clone()
+            .or_else(|| Some((config.username.clone(), config.password.clone())))
+            .and_then(|(u, p)| u.map(|u| (u, p.unwrap_or_default())));
+        let keep_alive = config.keep_alive.max(Duration::from_secs(1));
+        let connect_timeout = config.connect_timeout.as_secs().max(1);
+        let (status, _) = watch::channel(LinkStatus::Connecting);
+        let state = Mutex::new(LinkState {
+            up: false,
+            closed: false,
+            awaiting_pkid: VecDeque::new(),
+            collided: None,
+            pub_acks: HashMap::new(),
+            sub_acks: HashMap::new(),
+            subscriptions: LocalSubscriptions::default(),
+            next_tag: 1,
+            probes: Vec::new(),
+        });
+        match config.protocol {
+            MqttProtocol::V5 => {
+                let mut options = rumqttc::v5::MqttOptions::new(client_id, host, port);
+                options.set_keep_alive(keep_alive).set_clean_start(true);
+                options.set_connection_timeout(connect_timeout);
+                if let Some((u, p)) = creds {
+                    options.set_credentials(u, p);
+                }
+                let (client, eventloop) =
+                    rumqttc::v5::AsyncClient::new(options, config.request_capacity);
+                let shared = Arc::new(Shared {
+                    client: LinkClient::V5(client),
+                    state,
+                    status,
+                    hub,
+                    config,
+                    credentials,
+                });
+                tokio::spawn(drive_v5(Arc::downgrade(&shared), eventloop));
+                Self { shared }
+            }
+            MqttProtocol::V311 => {
+                let mut options = rumqttc::MqttOptions::new(client_id, host, port);
+                options.set_keep_alive(keep_alive).set_clean_session(true);
+                if let Some((u, p)) = creds {
+                    options.set_credentials(u, p);
+                }
+                let (client, mut eventloop) =
+                    rumqttc::AsyncClient::new(options, config.request_capacity);
+                let mut network = rumqttc::NetworkOptions::new();
+                network.set_connection_timeout(connect_timeout);
+                eventloop.set_network_options(network);
+                let shared = Arc::new(Shared {
+                    client: LinkClient::V4(client),
+                    state,
+                    status,
+                    hub,
+                    config,
+                    credentials,
+                });
+                tokio::spawn(drive_v4(Arc::downgrade(&shared), eventloop));
+                Self { shared }
+            }
+        }
+    }
+
+    pub(super) fn credentials(&self) -> Option<&(Option<String>, Option<String>)> {
+        self.shared.credentials.as_ref()
+    }
+
+    pub(super) fn is_up(&self) -> bool {
+        *self.shared.status.borrow() == LinkStatus::Up
+    }
+
+    /// Waits until the link is up, refused or closed, at most `wait`.
+    pub(super) async fn wait_connected(&self, wait: Duration) -> Result<(), BrokerError> {
+        let mut rx = self.shared.status.subscribe();
+        let status = tokio::time::timeout(
+            wait,
+            rx.wait_for(|s| !matches!(s, LinkStatus::Connecting | LinkStatus::Down)),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|s| *s);
+        match status {
+            Some(LinkStatus::Up) => Ok(()),
+            Some(LinkStatus::NotAuthorized) => Err(BrokerError::NotAuthorized),
+            Some(LinkStatus::Closed) => Err(BrokerError::Unavailable("connection closed".into())),
+            _ => Err(BrokerError::Unavailable(format!(
+                "not connected to the MQTT broker within {} ms",
+                wait.as_millis()
+            ))),
+        }
+    }
+
+    async fn wait_until(&self, deadline: Instant) -> Result<(), BrokerError> {
+        self.wait_connected(deadline.saturating_duration_since(Instant::now()))
+            .await
+    }
+
+    /// Publishes; for QoS ≥ 1 waits for PUBACK / PUBCOMP.
+    pub(super) async fn publish(&self, message: Publish) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + self.shared.config.unavailable_wait;
+        loop {
+            let submitted = {
+                let mut state = self.shared.lock();
+                if state.closed {
+                    return Err(BrokerError::Unavailable("connection closed".into()));
+                }
+                if state.up {
+                    self.shared.client.try_publish(&message)?;
+                    let (tx, rx) = if message.qos == Qos::AtMostOnce {
+                        (None, None)
+                    } else {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some(rx))
+                    };
+                    state.awaiting_pkid.push_back(Pending::Publish(tx));
+                    Some(rx)
+                } else if message.qos == Qos::AtMostOnce {
+                    return Err(BrokerError::Unavailable(
+                        "not connected to the MQTT broker".into(),
+                    ));
+                } else {
+                    None
+                }
+            };
+            match submitted {
+                Some(None) => return Ok(()),
+                Some(Some(ack)) => return self.await_ack(ack).await,
+                None => self.wait_until(deadline).await?,
+            }
+        }
+    }
+
+    async fn await_ack(
+        &self,
+        ack: oneshot::Receiver<Result<(), BrokerError>>,
+    ) -> Result<(), BrokerError> {
+        match tokio::time::timeout(self.shared.config.ack_timeout, ack).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(BrokerError::Unavailable("connection closed".into())),
+            Err(_) => Err(BrokerError::Unavailable(format!(
+                "no acknowledgement from the MQTT broker within {} ms",
+                self.shared.config.ack_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Adds a local subscription; subscribes at the broker for the first
+    /// local subscriber of `filter` and waits for the SUBACK.
+    pub(super) async fn subscribe(
+        &self,
+        clientid: Option<&str>,
+        subscriber: SubscriberId,
+        filter: &str,
+        qos: Qos,
+    ) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + self.shared.config.unavailable_wait;
+        loop {
+            let submitted = {
+                let mut state = self.shared.lock();
+                if state.closed {
+                    return Err(BrokerError::Unavailable("connection closed".into()));
+                }
+                if state.up {
+                    let tag = state.take_tag();
+                    let added = state
+                        .subscriptions
+                        .add(clientid, subscriber, filter, qos, tag);
+                    if added.first_for_filter {
+                        if let Err(e) = self.shared.client.try_subscribe(filter, tag) {
+                            state.subscriptions.remove(subscriber, filter);
+                            return Err(e);
+                        }
+                        let (tx, rx) = oneshot::channel();
+                        state.awaiting_pkid.push_back(Pending::Subscribe(Some(tx)));
+                        Some(Some(rx))
+                    } else {
+                        Some(None)
+                    }
+                } else {
+                    None
+                }
+            };
+            match submitted {
+                Some(None) => return Ok(()),
+                Some(Some(ack)) => {
+                    let result = self.await_ack(ack).await;
+                    if result.is_err() {
+                        self.unsubscribe(subscriber, filter);
+                    }
+                    return result;
+                }
+                None => self.wait_until(deadline).await?,
+            }
+        }
+    }
+
+    /// Removes a local subscription; unsubscribes at the broker when it was
+    /// the last one of `filter`. Does not wait for the UNSUBACK.
+    pub(super) fn unsubscribe(&self, subscriber: SubscriberId, filter: &str) {
+        let mut state = self.shared.lock();
+        let removed = state.subscriptions.remove(subscriber, filter);
+        if removed.last_for_filter && state.up {
+            self.shared.unsubscribe_at_broker(&mut state, filter);
+        }
+    }
+
+    /// True if `subscriber` has no subscription on this link.
+    pub(super) fn has_no(&self, subscriber: SubscriberId) -> bool {
+        self.shared.lock().subscriptions.is_gone(subscriber)
+    }
+
+    /// Drops all subscriptions of `clientid`; returns its subscribers.
+    pub(super) fn remove_client(&self, clientid: &str) -> Vec<SubscriberId> {
+        let mut state = self.shared.lock();
+        let (subscribers, filters) = state.subscriptions.remove_client(clientid);
+        if state.up {
+            for filter in filters {
+                self.shared.unsubscribe_at_broker(&mut state, &filter);
+            }
+        }
+        subscribers
+    }
+
+    /// The retained message of `topic`: subscribes to it, takes the
+    /// retained message the broker sends after the SUBACK (waiting at most
+    /// `retained_probe_wait`), and unsubscribes unless the filter has local
+    /// subscribers.
+    pub(super) async fn retained(&self, topic: &str) -> Result<Option<Message>, BrokerError> {
+        let deadline = Instant::now() + self.shared.config.unavailable_wait;
+        let (suback, reply) = loop {
+            let submitted = {
+                let mut state = self.shared.lock();
+                if state.closed {
+                    return Err(BrokerError::Unavailable("connection closed".into()));
+                }
+                if state.up {
+                    // Re-using the tag of an existing subscription keeps its
+                    // subscription identifier valid after our re-SUBSCRIBE.
+                    let tag = match state.subscriptions.filter_tag(topic) {
+                        Some(tag) => tag,
+                        None => state.take_tag(),
+                    };
+                    self.shared.client.try_subscribe(topic, tag)?;
+                    let (tx, rx) = oneshot::channel();
+                    state.awaiting_pkid.push_back(Pending::Subscribe(Some(tx)));
+                    let (reply_tx, reply_rx) = oneshot::channel();
+                    state.probes.push(Probe {
+                        topic: topic.to_owned(),
+                        tag,
+                        reply: Some(reply_tx),
+                    });
+                    Some((rx, reply_rx))
+                } else {
+                    None
+                }
+            };
+            match submitted {
+                Some(s) => break s,
+                None => self.wait_until(deadline).await?,
+            }
+        };
+        let acked = self.await_ack(suback).await;
+        let message = match acked {
+            Ok(()) => tokio::time::timeout(self.shared.config.retained_probe_wait, reply)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        let mut state = self.shared.lock();
+        state
+            .probes
+            .retain(|p| p.reply.as_ref().is_some_and(|r| !r.is_closed()));
+        if state.subscriptions.filter_tag(topic).is_none() && state.up {
+            self.shared.unsubscribe_at_broker(&mut state, topic);
+        }
+        drop(state);
+        acked.map(|()| message)
+    }
+
+    /// Sends DISCONNECT and stops the link; pending waiters fail.
+    pub(super) fn close(&self) {
+        let waiters = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.up = false;
+            state.take_waiters()
+        };
+        fail_all(
+            waiters,
+            &BrokerError::Unavailable("connection closed".into()),
+        );
+        self.shared.client.try_disconnect();
+        self.shared.status.send_replace(LinkStatus::Closed);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl LinkState {
+    fn take_tag(&mut self) -> u32 {
+        let tag = self.next_tag;
+        self.next_tag = if tag >= MAX_SUBSCRIPTION_ID {
+            1
+        } else {
+            tag + 1
+        };
+        tag
+    }
+
+    fn take_waiters(&mut self) -> Vec<Waiter> {
+        let mut waiters = Vec::new();
+        for pending in self.awaiting_pkid.drain(..).chain(self.collided.take()) {
+            match pending {
+                Pending::Publish(Some(w)) | Pending::Subscribe(Some(w)) => waiters.push(w),
+                _ => {}
+            }
+        }
+        waiters.extend(self.pub_acks.drain().map(|(_, w)| w));
+        waiters.extend(self.sub_acks.drain().map(|(_, w)| w));
+        self.probes.clear();
+        waiters
+    }
+}
+
+fn fail_all(waiters: Vec<Waiter>, error: &BrokerError) {
+    for w in waiters {
+        let _ = w.send(Err(error.clone()));
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn unsubscribe_at_broker(&self, state: &mut LinkState, filter: &str) {
+        match self.client.try_unsubscribe(filter) {
+            Ok(()) => state.awaiting_pkid.push_back(Pending::Unsubscribe),
+            Err(e) => warn!(filter, error = %e, "could not unsubscribe at the MQTT broker"),
+        }
+    }
+
+    /// Handles one event of the event loop. Returns false when the loop
+    /// should stop.
+    fn handle(&self, event: LinkEvent) -> bool {
+        let mut state = self.lock();
+        match event {
+            LinkEvent::ConnAck => {
+                if state.closed {
+                    return false;
+                }
+                state.up = true;
+                // Clean session: the broker forgot our subscriptions.
+                let filters: Vec<(String, u32)> = state
+                    .subscriptions
+                    .filters()
+                    .map(|(f, tag)| (f.to_owned(), tag))
+                    .collect();
+                for (filter, tag) in filters {
+                    match self.client.try_subscribe(&filter, tag) {
+                        Ok(()) => state.awaiting_pkid.push_back(Pending::Subscribe(None)),
+                        Err(e) => {
+                            warn!(filter, error = %e, "could not re-subscribe after reconnect")
+                        }
+                    }
+                }
+                drop(state);
+                info!("connected to the MQTT broker");
+                self.status.send_replace(LinkStatus::Up);
+            }
+            LinkEvent::OutPublish(pkid) => {
+                let pending = state
+                    .collided
+                    .take()
+                    .or_else(|| state.awaiting_pkid.pop_front());
+                match pending {
+                    Some(Pending::Publish(Some(w))) => {
+                        state.pub_acks.insert(pkid, w);
+                    }
+                    Some(Pending::Publish(None)) => {}
+                    _ => warn!(pkid, "outgoing publish without a matching request"),
+                }
+            }
+            LinkEvent::OutAwaitAck(pkid) => {
+                debug!(pkid, "packet id collision, publish deferred");
+                state.collided = state.awaiting_pkid.pop_front();
+            }
+            LinkEvent::OutSubscribe(pkid) => match state.awaiting_pkid.pop_front() {
+                Some(Pending::Subscribe(Some(w))) => {
+                    state.sub_acks.insert(pkid, w);
+                }
+                Some(Pending::Subscribe(None)) => {}
+                _ => warn!(pkid, "outgoing subscribe without a matching request"),
+            },
+            LinkEvent::OutUnsubscribe(pkid) => {
+                if !matches!(state.awaiting_pkid.pop_front(), Some(Pending::Unsubscribe)) {
+                    warn!(pkid, "outgoing unsubscribe without a matching request");
+                }
+            }
+            LinkEvent::OutDisconnect => return false,
+            LinkEvent::PubAck(pkid, result) | LinkEvent::PubComp(pkid, result) => {
+                if let Some(w) = state.pub_acks.remove(&pkid) {
+                    let _ = w.send(result);
+                }
+            }
+            LinkEvent::PubRec(pkid, result) => {
+                if result.is_err()
+                    && let Some(w) = state.pub_acks.remove(&pkid)
+                {
+                    let _ = w.send(result);
+                }
+            }
+            LinkEvent::SubAck(pkid, result) => {
+                if let Some(w) = state.sub_acks.remove(&pkid) {
+                    let _ = w.send(result);
+                }
+            }
+            LinkEvent::Publish(publish) => self.deliver(&mut state, publish),
+            LinkEvent::Other => {}
+        }
+        true
+    }
+
+    fn deliver(&self, state: &mut LinkState, p: IncomingPublish) {
+        let ids = &p.subscription_ids;
+        let tagged = |tag: u32| ids.is_empty() || ids.contains(&(tag as usize));
+        if p.retain {
+            for probe in state
+                .probes
+                .iter_mut()
+                .filter(|pr| pr.topic == p.topic && tagged(pr.tag))
+            {
+                if let Some(reply) = probe.reply.take() {
+                    let _ = reply.send(message_of(&p, p.qos));
+                }
+            }
+        }
+        state
+            .subscriptions
+            .for_each_match(&p.topic, |subscriber, entry| {
+                if tagged(entry.tag) {
+                    self.hub
+                        .push(*subscriber, message_of(&p, min_qos(p.qos, entry.qos)));
+                }
+            });
+    }
+
+    /// The connection failed: discard what rumqttc still holds, fail every
+    /// waiter. `discard` runs under the state lock.
+    fn connection_lost(&self, status: LinkStatus, error: BrokerError, discard: impl FnOnce()) {
+        let waiters = {
+            let mut state = self.lock();
+            state.up = false;
+            discard();
+            state.take_waiters()
+        };
+        fail_all(waiters, &error);
+        self.status.send_replace(status);
+    }
+}
+
+fn message_of(p: &IncomingPublish, qos: Qos) -> Message {
+    Message {
+        topic: p.topic.clone(),
+        payload: p.payload.clone(),
+        qos,
+        retain: p.retain,
+        expiry: p.expiry,
+        content_type: p.content_type.clone(),
+    }
+}
+
+impl LinkClient {
+    fn try_publish(&self, m: &Publish) -> Result<(), BrokerError> {
+        let result = match self {
+            Self::V5(c) => {
+                let properties = p5::PublishProperties {
+                    message_expiry_interval: m.expiry.map(expiry_secs),
+                    content_type: m.content_type.clone(),
+                    ..Default::default()
+                };
+                c.try_publish_with_properties(
+                    m.topic.as_str(),
+                    qos5(m.qos),
+                    m.retain,
+                    m.payload.clone(),
+                    properties,
+                )
+                .map_err(|e| e.to_string())
+            }
+            Self::V4(c) => c
+                .try_publish(m.topic.as_str(), qos4(m.qos), m.retain, m.payload.to_vec())
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(|e| BrokerError::Unavailable(format!("MQTT request queue: {e}")))
+    }
+
+    fn try_subscribe(&self, filter: &str, tag: u32) -> Result<(), BrokerError> {
+        // The broker-level subscription is QoS 2; each local subscriber gets
+        // min(message QoS, its own QoS).
+        let result = match self {
+            Self::V5(c) => {
+                let properties = p5::SubscribeProperties {
+                    id: Some(tag as usize),
+                    user_properties: Vec::new(),
+                };
+                c.try_subscribe_many_with_properties(
+                    [p5::Filter::new(
+                        filter,
+                        rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+                    )],
+                    properties,
+                )
+                .map_err(|e| e.to_string())
+            }
+            Self::V4(c) => c
+                .try_subscribe(filter, rumqttc::QoS::ExactlyOnce)
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(|e| BrokerError::Unavailable(format!("MQTT request queue: {e}")))
+    }
+
+    fn try_unsubscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Self::V5(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+            Self::V4(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn try_disconnect(&self) {
+        let _ = match self {
+            Self::V5(c) => c.try_disconnect().is_ok(),
+            Self::V4(c) => c.try_disconnect().is_ok(),
+        };
+    }
+}
+
+fn qos5(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        Qos::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        Qos::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        Qos::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn qos4(q: Qos) -> rumqttc::QoS {
+    match q {
+        Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn from_qos5(q: rumqttc::v5::mqttbytes::QoS) -> Qos {
+    match q {
+        rumqttc::v5::mqttbytes::QoS::AtMostOnce => Qos::AtMostOnce,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce => Qos::AtLeastOnce,
+        rumqttc::v5::mqttbytes::QoS::ExactlyOnce => Qos::ExactlyOnce,
+    }
+}
+
+fn from_qos4(q: rumqttc::QoS) -> Qos {
+    match q {
+        rumqttc::QoS::AtMostOnce => Qos::AtMostOnce,
+        rumqttc::QoS::AtLeastOnce => Qos::AtLeastOnce,
+        rumqttc::QoS::ExactlyOnce => Qos::ExactlyOnce,
+    }
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): doubling from
+/// `min`, capped at `max`.
+fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    min.saturating_mul(1u32 << attempt.min(16)).min(max)
+}
+
+fn convert_v5(event: rumqttc::v5::Event) -> LinkEvent {
+    use rumqttc::Outgoing;
+    use rumqttc::v5::{Event, Incoming};
+    match event {
+        Event::Incoming(Incoming::ConnAck(_)) => LinkEvent::ConnAck,
+        Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::PubAck(
+            ack.pkid,
+            match ack.reason {
+                p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers => Ok(()),
+                p5::PubAckReason::NotAuthorized => Err(BrokerError::NotAuthorized),
+                other => Err(BrokerError::Rejected(format!("{other:?}"))),
+            },
+        ),
+        Event::Incoming(Incoming::PubRec(rec)) => LinkEvent::PubRec(
+            rec.pkid,
+            match rec.reason {
+                p5::PubRecReason::Success | p5::PubRecReason::NoMatchingSubscribers => Ok(()),
+                p5::PubRecReason::NotAuthorized => Err(BrokerError::NotAuthorized),
+                other => Err(BrokerError::Rejected(format!("{other:?}"))),
+            },
+        ),
+        Event::Incoming(Incoming::PubComp(comp)) => LinkEvent::PubComp(
+            comp.pkid,
+            match comp.reason {
+                p5::PubCompReason::Success => Ok(()),
+                other => Err(BrokerError::Rejected(format!("{other:?}"))),
+            },
+        ),
+        Event::Incoming(Incoming::SubAck(ack)) => {
+            let result = match ack.return_codes.first() {
+                Some(p5::SubscribeReasonCode::Success(_)) => Ok(()),
+                Some(p5::SubscribeReasonCode::NotAuthorized) => Err(BrokerError::NotAuthorized),
+                other => Err(BrokerError::Rejected(format!("{other:?}"))),
+            };
+            LinkEvent::SubAck(ack.pkid, result)
+        }
+        Event::Incoming(Incoming::Publish(p)) => match String::from_utf8(p.topic.to_vec()) {
+            Ok(topic) => {
+                let props = p.properties.unwrap_or_default();
+                LinkEvent::Publish(IncomingPublish {
+                    topic,
+                    payload: p.payload,
+                    qos: from_qos5(p.qos),
+                    retain: p.retain,
+                    expiry: props
+                        .message_expiry_interval
+                        .map(|s| Duration::from_secs(u64::from(s))),
+                    content_type: props.content_type,
+                    subscription_ids: props.subscription_identifiers,
+                })
+            }
+            Err(_) => {
+                warn!("dropping a message whose topic is not UTF-8");
+                LinkEvent::Other
+            }
+        },
+        Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::OutPublish(pkid),
+        Event::Outgoing(Outgoing::AwaitAck(pkid)) => LinkEvent::OutAwaitAck(pkid),
+        Event::Outgoing(Outgoing::Subscribe(pkid)) => LinkEvent::OutSubscribe(pkid),
+        Event::Outgoing(Outgoing::Unsubscribe(pkid)) => LinkEvent::OutUnsubscribe(pkid),
+        Event::Outgoing(Outgoing::Disconnect) => LinkEvent::OutDisconnect,
+        _ => LinkEvent::Other,
+    }
+}
+
+/// Acknowledgements that were read before a connection failed still count.
+fn is_ack(event: &LinkEvent) -> bool {
+    matches!(
+        event,
+        LinkEvent::PubAck(..)
+            | LinkEvent::PubRec(..)
+            | LinkEvent::PubComp(..)
+            | LinkEvent::SubAck(..)
+    )
+}
+
+async fn drive_v5(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::v5::EventLoop) {
+    use rumqttc::v5::ConnectionError;
+    let mut attempt = 0u32;
+    loop {
+        let polled = eventloop.poll().await;
+        let Some(shared) = link.upgrade() else { return };
+        match polled {
+            Ok(event) => {
+                let event = convert_v5(event);
+                if matches!(event, LinkEvent::ConnAck) {
+                    attempt = 0;
+                }
+                if !shared.handle(event) {
+                    return;
+                }
+            }
+            Err(ConnectionError::RequestsDone) => return,
+            Err(error) => {
+                let refused = matches!(
+                    error,
+                    ConnectionError::ConnectionRefused(
+                        p5::ConnectReturnCode::BadUserNamePassword
+                            | p5::ConnectReturnCode::NotAuthorized
+                    )
+                );
+                let closed = shared.lock().closed;
+                let status = if closed {
+                    LinkStatus::Closed
+                } else if refused {
+                    LinkStatus::NotAuthorized
+                } else {
+                    LinkStatus::Down
+                };
+                if !closed {
+                    warn!(%error, "MQTT connection lost");
+                }
+                let err = if refused {
+                    BrokerError::NotAuthorized
+                } else {
+                    BrokerError::Unavailable(format!("MQTT connection lost: {error}"))
+                };
+                let stale: Vec<LinkEvent> =
+                    eventloop.state.events.drain(..).map(convert_v5).collect();
+                for event in stale.into_iter().filter(is_ack) {
+                    shared.handle(event);
+                }
+                shared.connection_lost(status, err, || {
+                    eventloop.clean();
+                    eventloop.pending.clear();
+                    eventloop.state.collision = None;
+                    eventloop.state.events.clear();
+                });
+                if refused || closed {
+                    return;
+                }
+                let delay = backoff(
+                    attempt,
+                    shared.config.reconnect_min,
+                    shared.config.reconnect_max,
+                );
+                drop(shared);
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn convert_v4(event: rumqttc::Event) -> LinkEvent {
+    use rumqttc::{Event, Incoming, Outgoing, SubscribeReasonCode};
+    match event {
+        Event::Incoming(Incoming::ConnAck(_)) => LinkEvent::ConnAck,
+        Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::PubAck(ack.pkid, Ok(())),
+        Event::Incoming(Incoming::PubComp(comp)) => LinkEvent::PubComp(comp.pkid, Ok(())),
+        Event::Incoming(Incoming::SubAck(ack)) => {
+            let result = match ack.return_codes.first() {
+                Some(SubscribeReasonCode::Success(_)) => Ok(()),
+                // MQTT 3.1.1 has only "Failure" (0x80); brokers
+                // answer it for ACL denials.
+                _ => Err(BrokerError::NotAuthorized),
+            };
+            LinkEvent::SubAck(ack.pkid, result)
+        }
+        Event::Incoming(Incoming::Publish(p)) => LinkEvent::Publish(IncomingPublish {
+            topic: p.topic,
+            payload: p.payload,
+            qos: from_qos4(p.qos),
+            retain: p.retain,
+            expiry: None,
+            content_type: None,
+            subscription_ids: Vec::new(),
+        }),
+        Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::OutPublish(pkid),
+        Event::Outgoing(Outgoing::AwaitAck(pkid)) => LinkEvent::OutAwaitAck(pkid),
+        Event::Outgoing(Outgoing::Subscribe(pkid)) => LinkEvent::OutSubscribe(pkid),
+        Event::Outgoing(Outgoing::Unsubscribe(pkid)) => LinkEvent::OutUnsubscribe(pkid),
+        Event::Outgoing(Outgoing::Disconnect) => LinkEvent::OutDisconnect,
+        _ => LinkEvent::Other,
+    }
+}
+
+async fn drive_v4(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::EventLoop) {
+    use rumqttc::{ConnectReturnCode, ConnectionError};
+    let mut attempt = 0u32;
+    loop {
+        let polled = eventloop.poll().await;
+        let Some(shared) = link.upgrade() else { return };
+        match polled {
+            Ok(event) => {
+                let event = convert_v4(event);
+                if matches!(event, LinkEvent::ConnAck) {
+                    attempt = 0;
+                }
+                if !shared.handle(event) {
+                    return;
+                }
+            }
+            Err(ConnectionError::RequestsDone) => return,
+            Err(error) => {
+                let refused = matches!(
+                    error,
+                    ConnectionError::ConnectionRefused(
+                        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+                    )
+                );
+                let closed = shared.lock().closed;
+                let status = if closed {
+                    LinkStatus::Closed
+                } else if refused {
+                    LinkStatus::NotAuthorized
+                } else {
+                    LinkStatus::Down
+                };
+                if !closed {
+                    warn!(%error, "MQTT connection lost");
+                }
+                let err = if refused {
+                    BrokerError::NotAuthorized
+                } else {
+                    BrokerError::Unavailable(format!("MQTT connection lost: {error}"))
+                };
+                let stale: Vec<LinkEvent> =
+                    eventloop.state.events.drain(..).map(convert_v4).collect();
+                for event in stale.into_iter().filter(is_ack) {
+                    shared.handle(event);
+                }
+                shared.connection_lost(status, err, || {
+                    eventloop.clean();
+                    eventloop.pending.clear();
+                    eventloop.state.collision = None;
+                    eventloop.state.events.clear();
+                });
+                if refused || closed {
+                    return;
+                }
+                let delay = backoff(
+                    attempt,
+                    shared.config.reconnect_min,
+                    shared.config.reconnect_max,
+                );
+                drop(shared);
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        assert_eq!(backoff(0, min, max), min);
+        assert_eq!(backoff(1, min, max), Duration::from_millis(200));
+        assert_eq!(backoff(4, min, max), Duration::from_millis(1600));
+        assert_eq!(backoff(5, min, max), max);
+        assert_eq!(backoff(100, min, max), max);
+    }
+}
