@@ -101,7 +101,10 @@ pub struct ClientSession {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ClientState {
-    Handshaking { started: Instant, retransmissions: u32 },
+    Handshaking {
+        started: Instant,
+        retransmissions: u32,
+    },
     Established,
     Closed,
 }
@@ -190,7 +193,10 @@ impl ClientSession {
         if !self.is_established() {
             return None;
         }
-        self.stream.ssl().current_cipher().map(|cipher| cipher.name())
+        self.stream
+            .ssl()
+            .current_cipher()
+            .map(|cipher| cipher.name())
     }
 
     /// Whether the session failed or closed.

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::error::ErrorStack;
-use openssl::ssl::{
-    SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslVersion,
-};
+use openssl::ssl::{SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslVersion};
 
 use crate::ffi::RetransmitTimer;
 
@@ -248,7 +246,9 @@ impl ClientConfig {
     pub(crate) fn build_context(&self) -> Result<SslContext, ConfigError> {
         check_mtu(self.mtu)?;
         if self.identity.contains(&0) || self.identity.len() > 128 {
-            return Err(ConfigError::InvalidPsk("identity contains NUL or is over 128 bytes"));
+            return Err(ConfigError::InvalidPsk(
+                "identity contains NUL or is over 128 bytes",
+            ));
         }
         if self.key.is_empty() || self.key.len() > 256 {
             return Err(ConfigError::InvalidPsk("key must be 1..=256 bytes"));
@@ -259,10 +259,9 @@ impl ClientConfig {
         let key = self.key.clone();
         builder.set_psk_client_callback(move |_ssl, _hint, identity_out, psk_out| {
             // The identity is written as a C string.
-            let (Some(id_dst), Some(nul)) = (
-                identity_out.get_mut(..identity.len()),
-                Some(identity.len()),
-            ) else {
+            let (Some(id_dst), Some(nul)) =
+                (identity_out.get_mut(..identity.len()), Some(identity.len()))
+            else {
                 return Ok(0);
             };
             id_dst.copy_from_slice(&identity);

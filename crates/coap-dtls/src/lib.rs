@@ -92,9 +92,7 @@ pub use config::{
 };
 pub use server::{DtlsServer, MAX_PLAINTEXT, ServerEvent};
 pub use socket::{Datagram, DtlsClient, DtlsSocket, SocketError};
-pub use stats::{
-    DropReason, DroppedDatagrams, HandshakeFailure, HandshakeFailures, ServerStats,
-};
+pub use stats::{DropReason, DroppedDatagrams, HandshakeFailure, HandshakeFailures, ServerStats};
 
 /// A datagram to send on the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -103,8 +103,13 @@ struct Session {
 }
 
 enum SessionState {
-    Handshaking { started: Instant, retransmissions: u32 },
-    Established { identity: Bytes },
+    Handshaking {
+        started: Instant,
+        retransmissions: u32,
+    },
+    Established {
+        identity: Bytes,
+    },
 }
 
 /// What happened to a session during one step.
@@ -308,9 +313,11 @@ impl DtlsServer {
     pub fn cipher_suite(&self, peer: SocketAddr) -> Option<&'static str> {
         let session = self.sessions.get(&peer)?;
         match session.state {
-            SessionState::Established { .. } => {
-                session.stream.ssl().current_cipher().map(|cipher| cipher.name())
-            }
+            SessionState::Established { .. } => session
+                .stream
+                .ssl()
+                .current_cipher()
+                .map(|cipher| cipher.name()),
             SessionState::Handshaking { .. } => None,
         }
     }
@@ -447,9 +454,7 @@ impl DtlsServer {
                 Err(error) => step = Step::Failed(HandshakeFailure::classify(&error)),
             }
         }
-        if let (Step::Continue, SessionState::Established { identity }) =
-            (&step, &session.state)
-        {
+        if let (Step::Continue, SessionState::Established { identity }) = (&step, &session.state) {
             let identity = identity.clone();
             let mut delivered = false;
             loop {
@@ -514,7 +519,9 @@ impl DtlsServer {
                 self.handshaking = self.handshaking.saturating_sub(1);
                 if reason.is_some() {
                     // A handshake replaced or closed before it finished.
-                    self.stats.handshakes_failed.count(HandshakeFailure::Aborted);
+                    self.stats
+                        .handshakes_failed
+                        .count(HandshakeFailure::Aborted);
                 }
             }
             SessionState::Established { identity } => {

@@ -222,7 +222,11 @@ async fn drive_server(shared: Arc<Shared>, data: mpsc::Sender<Datagram>) {
     }
 }
 
-fn collect(shared: &Shared, server: &mut DtlsServer, data: &mpsc::Sender<Datagram>) -> Vec<Transmit> {
+fn collect(
+    shared: &Shared,
+    server: &mut DtlsServer,
+    data: &mpsc::Sender<Datagram>,
+) -> Vec<Transmit> {
     while let Some(event) = server.poll_event() {
         match event {
             ServerEvent::Data {
@@ -351,7 +355,9 @@ impl DtlsClient {
             match event {
                 ClientEvent::Connected => {}
                 ClientEvent::Data(bytes) => self.pending.push_back(bytes),
-                ClientEvent::HandshakeFailed(failure) => return Err(SocketError::Handshake(failure)),
+                ClientEvent::HandshakeFailed(failure) => {
+                    return Err(SocketError::Handshake(failure));
+                }
                 ClientEvent::Closed(reason) => return Err(SocketError::Closed(reason)),
             }
         }

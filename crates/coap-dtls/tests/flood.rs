@@ -27,7 +27,8 @@ fn spoofed_client_hello_flood_allocates_nothing() {
     // ClientHello whose cookie is bound to addr(0).
     let mut sample = h.peer(addr(0), &conn);
     let (_, first_hello) = h.to_server.pop().unwrap();
-    h.server.handle_datagram(Instant::now(), addr(0), &first_hello);
+    h.server
+        .handle_datagram(Instant::now(), addr(0), &first_hello);
     h.collect_server(&mut [&mut sample]);
     let hvr = sample.inbox.pop().unwrap();
     sample.session.handle_datagram(Instant::now(), &hvr);
@@ -41,7 +42,11 @@ fn spoofed_client_hello_flood_allocates_nothing() {
     for n in 1..=FLOOD {
         let spoofed = addr(n);
         // Half without cookie, half replaying a cookie minted for addr(0).
-        let datagram = if n % 2 == 0 { &first_hello } else { &cookie_hello };
+        let datagram = if n % 2 == 0 {
+            &first_hello
+        } else {
+            &cookie_hello
+        };
         h.server.handle_datagram(Instant::now(), spoofed, datagram);
         // Spoofed sources never answer: drop whatever the server sends.
         while h.server.poll_transmit().is_some() {}

@@ -21,7 +21,11 @@ fn handshake_and_data_both_ways() {
     let connector = connector(IDENTITY, KEY);
     let mut client = h.peer(addr(1), &connector);
     h.pump(&mut [&mut client]);
-    assert!(client.session.is_established(), "client events: {:?}", client.events);
+    assert!(
+        client.session.is_established(),
+        "client events: {:?}",
+        client.events
+    );
     assert!(client.events.contains(&ClientEvent::Connected));
     let stats = h.server.stats();
     assert_eq!(stats.hello_verify_requests_sent, 1);
@@ -43,10 +47,15 @@ fn handshake_and_data_both_ways() {
     assert_eq!(data[0].1.as_ref(), IDENTITY);
     assert_eq!(data[0].2.as_ref(), b"hello server");
 
-    h.server.send(std::time::Instant::now(), addr(1), b"hello client").unwrap();
+    h.server
+        .send(std::time::Instant::now(), addr(1), b"hello client")
+        .unwrap();
     h.collect_server(&mut [&mut client]);
     h.pump(&mut [&mut client]);
-    assert_eq!(client_data(&client.events), vec![bytes::Bytes::from_static(b"hello client")]);
+    assert_eq!(
+        client_data(&client.events),
+        vec![bytes::Bytes::from_static(b"hello client")]
+    );
 }
 
 fn established_pair() -> (Harness, Peer) {
@@ -112,7 +121,12 @@ fn lost_client_flights_and_hello_verify_request_are_retransmitted() {
         },
         |h, peers| peers[0].session.is_established() && h.server.stats().handshakes_completed == 1,
     );
-    assert!(done, "client events: {:?}, stats {:?}", client.events, h.server.stats());
+    assert!(
+        done,
+        "client events: {:?}, stats {:?}",
+        client.events,
+        h.server.stats()
+    );
     assert!(lost_hvr && lost_cke);
     // The client's ClientHello without cookie was sent twice, so two HVRs.
     assert_eq!(h.server.stats().hello_verify_requests_sent, 2);
@@ -159,7 +173,8 @@ fn reordered_flights_complete() {
         batch.reverse();
         largest_batch = largest_batch.max(batch.len());
         for (from, d) in batch {
-            h.server.handle_datagram(std::time::Instant::now(), from, &d);
+            h.server
+                .handle_datagram(std::time::Instant::now(), from, &d);
         }
         h.collect_server(&mut [&mut client]);
         let mut inbox = std::mem::take(&mut client.inbox);
@@ -167,15 +182,24 @@ fn reordered_flights_complete() {
         assert!(inbox.iter().all(|d| d.len() <= 256), "datagram above MTU");
         inbox.reverse();
         for d in inbox {
-            client.session.handle_datagram(std::time::Instant::now(), &d);
+            client
+                .session
+                .handle_datagram(std::time::Instant::now(), &d);
         }
         h.collect_client(&mut client);
         std::thread::sleep(Duration::from_millis(2));
         h.fire_timers(&mut [&mut client]);
     }
-    assert!(client.session.is_established(), "events {:?}", client.events);
+    assert!(
+        client.session.is_established(),
+        "events {:?}",
+        client.events
+    );
     assert!(largest_batch >= 2, "no flight had more than one datagram");
-    assert_eq!(client.session.cipher_suite(), Some("ECDHE-PSK-CHACHA20-POLY1305"));
+    assert_eq!(
+        client.session.cipher_suite(),
+        Some("ECDHE-PSK-CHACHA20-POLY1305")
+    );
 }
 
 #[test]
@@ -192,7 +216,11 @@ fn flights_are_fragmented_to_the_mtu() {
         }
         true
     });
-    assert!(client.session.is_established(), "events {:?}", client.events);
+    assert!(
+        client.session.is_established(),
+        "events {:?}",
+        client.events
+    );
     assert!(sizes.iter().all(|&n| n <= 256), "{sizes:?}");
     // ServerKeyExchange with the 250-byte hint needs two datagrams.
     assert!(sizes.iter().filter(|&&n| n > 150).count() >= 2, "{sizes:?}");
@@ -237,7 +265,10 @@ fn cipher_suites_are_negotiated_as_configured() {
         client.session.send(suite.as_bytes()).unwrap();
         h.collect_client(&mut client);
         h.pump(&mut [&mut client]);
-        assert_eq!(data_events(&h.server_events)[0].2.as_ref(), suite.as_bytes());
+        assert_eq!(
+            data_events(&h.server_events)[0].2.as_ref(),
+            suite.as_bytes()
+        );
     }
 }
 
@@ -259,7 +290,9 @@ fn unknown_identity_fails_with_an_alert() {
     assert_eq!(stats.handshakes_in_progress, 0);
     assert!(client.session.is_closed());
     assert!(
-        client.events.contains(&ClientEvent::HandshakeFailed(coap_dtls::HandshakeFailure::AlertReceived)),
+        client.events.contains(&ClientEvent::HandshakeFailed(
+            coap_dtls::HandshakeFailure::AlertReceived
+        )),
         "{:?}",
         client.events
     );
@@ -276,7 +309,12 @@ fn wrong_key_fails_both_sides() {
         |_, _| true,
         |h, peers| peers[0].session.is_closed() && h.server.stats().sessions == 0,
     );
-    assert!(failed, "client {:?} server {:?}", client.events, h.server.stats());
+    assert!(
+        failed,
+        "client {:?} server {:?}",
+        client.events,
+        h.server.stats()
+    );
     assert!(!client.events.contains(&ClientEvent::Connected));
     let stats = h.server.stats();
     assert_eq!(stats.handshakes_completed, 0);
@@ -307,10 +345,19 @@ fn close_from_server_sends_close_notify() {
     assert!(h.server.close(std::time::Instant::now(), addr(1)));
     h.collect_server(&mut [&mut client]);
     h.pump(&mut [&mut client]);
-    assert!(client.events.contains(&ClientEvent::Closed(CloseReason::CloseNotify)), "{:?}", client.events);
+    assert!(
+        client
+            .events
+            .contains(&ClientEvent::Closed(CloseReason::CloseNotify)),
+        "{:?}",
+        client.events
+    );
     assert!(h.server_events.iter().any(|e| matches!(
         e,
-        ServerEvent::SessionClosed { reason: CloseReason::LocalClose, .. }
+        ServerEvent::SessionClosed {
+            reason: CloseReason::LocalClose,
+            ..
+        }
     )));
 }
 
@@ -328,7 +375,8 @@ fn fatal_alert_during_handshake_ends_it() {
     // A plaintext fatal handshake_failure alert (epoch 0, high sequence
     // number), as a peer that gives up would send.
     let alert = [21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 50, 0, 2, 2, 40];
-    h.server.handle_datagram(std::time::Instant::now(), addr(1), &alert);
+    h.server
+        .handle_datagram(std::time::Instant::now(), addr(1), &alert);
     let stats = h.server.stats();
     assert_eq!(stats.handshakes_failed.alert_received, 1, "{stats:?}");
     assert_eq!(stats.sessions, 0);
@@ -340,8 +388,10 @@ fn plaintext_and_undecryptable_datagrams_are_dropped() {
     let (mut h, mut client) = established_pair();
     let now = std::time::Instant::now();
     // Plaintext CoAP CON GET.
-    h.server.handle_datagram(now, addr(1), &[0x40, 0x01, 0x12, 0x34]);
-    h.server.handle_datagram(now, addr(2), &[0x50, 0x02, 0x00, 0x01, 0xff, b'x']);
+    h.server
+        .handle_datagram(now, addr(1), &[0x40, 0x01, 0x12, 0x34]);
+    h.server
+        .handle_datagram(now, addr(2), &[0x50, 0x02, 0x00, 0x01, 0xff, b'x']);
     // An application-data record at epoch 1 with garbage ciphertext.
     let mut junk = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 99, 0, 40];
     junk.extend_from_slice(&[0xab; 40]);
@@ -389,8 +439,14 @@ fn new_client_hello_from_an_address_with_a_session_replaces_it() {
     h.collect_client(&mut a2);
     h.pump(&mut [&mut a2, &mut b]);
     let data = data_events(&h.server_events);
-    assert!(data.iter().any(|(p, id, d)| *p == addr(2) && id.as_ref() == b"other" && d.as_ref() == b"from b"));
-    assert!(data.iter().any(|(p, id, d)| *p == addr(1) && id.as_ref() == IDENTITY && d.as_ref() == b"from a2"));
+    assert!(
+        data.iter()
+            .any(|(p, id, d)| *p == addr(2) && id.as_ref() == b"other" && d.as_ref() == b"from b")
+    );
+    assert!(
+        data.iter()
+            .any(|(p, id, d)| *p == addr(1) && id.as_ref() == IDENTITY && d.as_ref() == b"from a2")
+    );
 }
 
 #[test]
@@ -400,7 +456,8 @@ fn client_hello_without_cookie_does_not_touch_an_existing_session() {
     let mut probe = h.peer(addr(1), &conn);
     // Deliver only the probe's first ClientHello.
     let (from, d) = h.to_server.pop().unwrap();
-    h.server.handle_datagram(std::time::Instant::now(), from, &d);
+    h.server
+        .handle_datagram(std::time::Instant::now(), from, &d);
     assert_eq!(h.server.stats().hello_verify_requests_sent, 2);
     assert_eq!(h.server.stats().sessions, 1);
     assert!(h.server.identity(addr(1)).is_some());
@@ -409,10 +466,14 @@ fn client_hello_without_cookie_does_not_touch_an_existing_session() {
     h.collect_client(&mut client);
     h.collect_server(&mut [&mut client]);
     for (from, d) in std::mem::take(&mut h.to_server) {
-        h.server.handle_datagram(std::time::Instant::now(), from, &d);
+        h.server
+            .handle_datagram(std::time::Instant::now(), from, &d);
     }
     h.collect_server(&mut [&mut client]);
-    assert_eq!(data_events(&h.server_events).last().unwrap().2.as_ref(), b"ok");
+    assert_eq!(
+        data_events(&h.server_events).last().unwrap().2.as_ref(),
+        b"ok"
+    );
 }
 
 #[test]
@@ -434,7 +495,10 @@ fn idle_sessions_are_evicted_in_virtual_time() {
     }
     assert!(h.server_events.iter().any(|e| matches!(
         e,
-        ServerEvent::SessionClosed { reason: CloseReason::IdleTimeout, .. }
+        ServerEvent::SessionClosed {
+            reason: CloseReason::IdleTimeout,
+            ..
+        }
     )));
 }
 

@@ -84,8 +84,20 @@ fn parse_request(bytes: &[u8]) -> Option<Request> {
 }
 
 /// A response: `kind` 2 = ACK (piggybacked), 1 = NON notification.
-fn response(kind: u8, code: u8, message_id: [u8; 2], token: &[u8], observe: Option<u8>, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x40 | (kind << 4) | token.len() as u8, code, message_id[0], message_id[1]];
+fn response(
+    kind: u8,
+    code: u8,
+    message_id: [u8; 2],
+    token: &[u8],
+    observe: Option<u8>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = vec![
+        0x40 | (kind << 4) | token.len() as u8,
+        code,
+        message_id[0],
+        message_id[1],
+    ];
     out.extend_from_slice(token);
     if let Some(seq) = observe {
         out.push(0x61); // Observe (6), length 1
@@ -113,7 +125,9 @@ async fn start_responder(notifications: u8) -> (Arc<DtlsSocket>, SocketAddr) {
     tokio::spawn(async move {
         let mut next_mid: u16 = 0x7000;
         while let Ok(dg) = server.recv().await {
-            let Some(req) = parse_request(&dg.bytes) else { continue };
+            let Some(req) = parse_request(&dg.bytes) else {
+                continue;
+            };
             if !req.confirmable || req.code == 0 {
                 continue;
             }
@@ -125,7 +139,14 @@ async fn start_responder(notifications: u8) -> (Arc<DtlsSocket>, SocketAddr) {
                     for n in 2..=notifications {
                         next_mid = next_mid.wrapping_add(1);
                         let body = format!("n={n}");
-                        let note = response(1, 0x45, next_mid.to_be_bytes(), &req.token, Some(n), body.as_bytes());
+                        let note = response(
+                            1,
+                            0x45,
+                            next_mid.to_be_bytes(),
+                            &req.token,
+                            Some(n),
+                            body.as_bytes(),
+                        );
                         server.send_to(dg.peer, &note).await.unwrap();
                     }
                 }
@@ -135,7 +156,10 @@ async fn start_responder(notifications: u8) -> (Arc<DtlsSocket>, SocketAddr) {
                     server.send_to(dg.peer, &ack).await.unwrap();
                 }
                 0x02 => {
-                    let body = format!("{identity} posted {}", String::from_utf8_lossy(&req.payload));
+                    let body = format!(
+                        "{identity} posted {}",
+                        String::from_utf8_lossy(&req.payload)
+                    );
                     let ack = response(2, 0x44, req.message_id, &req.token, None, body.as_bytes());
                     server.send_to(dg.peer, &ack).await.unwrap();
                 }
@@ -183,7 +207,11 @@ async fn get_and_post(binary: &'static str) {
         "{binary} GET: stdout {stdout:?} stderr {:?}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = run_client(binary, args(addr, KEY, &["-m", "post", "-e", "{\"temp\":5}"])).await;
+    let out = run_client(
+        binary,
+        args(addr, KEY, &["-m", "post", "-e", "{\"temp\":5}"]),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("sensor1@DEFAULT_TENANT posted {\"temp\":5}"),
@@ -200,7 +228,10 @@ async fn wrong_key_fails(binary: &'static str) {
     let (socket, addr) = start_responder(1).await;
     let out = run_client(binary, args(addr, b"not-the-key", &["-B", "2"])).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!stdout.contains("hello"), "{binary} with a wrong key got an answer: {stdout:?}");
+    assert!(
+        !stdout.contains("hello"),
+        "{binary} with a wrong key got an answer: {stdout:?}"
+    );
     let stats = socket.stats();
     assert_eq!(stats.handshakes_completed, 0, "{stats:?}");
     assert!(stats.handshakes_started >= 1, "{stats:?}");
@@ -210,9 +241,12 @@ async fn observe_200(binary: &'static str) {
     let (socket, addr) = start_responder(200).await;
     let out = run_client(binary, args(addr, KEY, &["-s", "2", "-w"])).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let received = (1..=200).filter(|n| stdout.lines().any(|l| l.trim() == format!("n={n}"))).count();
+    let received = (1..=200)
+        .filter(|n| stdout.lines().any(|l| l.trim() == format!("n={n}")))
+        .count();
     assert_eq!(
-        received, 200,
+        received,
+        200,
         "{binary} observe: got {received} of 200 notifications; stderr {:?}",
         String::from_utf8_lossy(&out.stderr)
     );

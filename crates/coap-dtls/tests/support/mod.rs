@@ -1,6 +1,14 @@
 //! In-memory harness: a `DtlsServer` and `ClientSession`s exchanging
 //! datagrams through queues the test controls (drop, reorder, inspect).
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
