@@ -1,1 +1,64 @@
-//! `hono-coap`: work in progress.
+//! `hono-coap`: the Eclipse-Hono-compatible side of the CoAP gateway —
+//! everything of Hono mode that is not CoAP itself.
+//!
+//! What it is for:
+//! - the device registry ([`Registry`] trait, [`FileRegistry`] with Hono's
+//!   JSON record shapes, PSK look-up for the DTLS handshake, reload on
+//!   demand or when the file changes);
+//! - Hono's authorization checks ([`authorize`]) with typed errors that name
+//!   the CoAP code they map to;
+//! - message limits ([`DataVolumeMeter`], [`check_payload_size`]);
+//! - command request ids ([`RequestId`]);
+//! - the north-bound side ([`Downstream`] trait): RabbitMQ over AMQP 0-9-1
+//!   ([`AmqpDownstream`], via `lapin`), in-process channels
+//!   ([`InProcessDownstream`]) and JSON lines on stdout ([`StdoutDownstream`]).
+//!
+//! What it is not for: parsing CoAP, DTLS, or mapping errors to CoAP
+//! responses — the CoAP resource layer (built on `coap-endpoint`) calls into
+//! this crate and owns the wire reactions.
+//!
+//! Data flow (one telemetry request with `hono-ttd`):
+//! ```text
+//! DTLS PSK callback --Registry::psk--> key        (sync, in-memory snapshot)
+//! CoAP request --authorize()--> Authorized{tenant, device, gateway}
+//!              --DataVolumeMeter::check--> ok | 4.29
+//!              --Downstream::subscribe_commands(tenant, device)--> CommandSubscription
+//!              --Downstream::send_telemetry(msg, qos)--> ok | Unroutable | Unavailable
+//!                   AmqpDownstream: basic.publish(mandatory) to {prefix}.telemetry,
+//!                   key {tenant}; await publisher confirm (QoS 1)
+//!              <--CommandSubscription::recv-- {prefix}.command, key {tenant}/{device}
+//!              --Downstream::unsubscribe_commands--> unbind; late commands -> 503 response
+//! CoAP command response --RequestId::decode--> Downstream::send_command_response
+//!                   -> {prefix}.command_response, key = reply_to
+//! ```
+
+mod amqp;
+mod authorization;
+mod downstream;
+mod file_registry;
+mod in_process;
+mod message_limits;
+mod registry;
+mod request_id;
+mod stdout;
+
+pub use amqp::{AmqpConfig, AmqpDownstream};
+pub use authorization::{AuthorizationError, Authorized, authorize};
+pub use downstream::{
+    Command, CommandResponse, CommandSubscription, Downstream, DownstreamError, DownstreamFuture,
+    DownstreamMessage, EndpointKind, ORIG_ADAPTER, Qos,
+};
+pub use file_registry::{FileRegistry, RegistryLoadError, ReloadOutcome};
+pub use in_process::{InProcessDownstream, InProcessMessage};
+pub use message_limits::{
+    AccountingPeriod, DataVolumeExceeded, DataVolumeMeter, PayloadTooLarge, accounted_size,
+    check_payload_size, current_period,
+};
+pub use registry::{
+    ADAPTER_TYPE, AdapterConfig, CREDENTIALS_TYPE_PSK, Credentials, DEFAULT_MAX_TTD_SECS,
+    DEFAULT_PSK_SEPARATOR, DataVolume, Device, Period, PskGrant, PskIdentity, PskIdentityError,
+    Registry, RegistryError, RegistryFuture, RegistrySnapshot, ResourceLimits, Secret, SecretKey,
+    Tenant,
+};
+pub use request_id::{MAX_REQUEST_ID_LEN, RequestId, RequestIdError};
+pub use stdout::StdoutDownstream;
