@@ -334,3 +334,23 @@ mod tests {
         assert_eq!(base["a"]["y"].as_integer(), Some(3));
     }
 }
+
+#[cfg(test)]
+mod render_order_tests {
+    #[derive(serde::Serialize, Default)]
+    struct Inner {
+        a: u8,
+    }
+    #[derive(serde::Serialize, Default)]
+    struct Outer {
+        inner: Inner,
+        after: u8,
+        none: Option<u8>,
+    }
+
+    #[test]
+    fn nested_table_before_plain_value_renders() {
+        let text = super::render(&Outer::default()).unwrap();
+        assert_eq!(text, "after = 0\n\n[inner]\na = 0\n");
+    }
+}

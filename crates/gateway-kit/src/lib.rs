@@ -31,55 +31,76 @@
 //! A binary's `main` in outline:
 //!
 //! ```no_run
+//! use std::net::SocketAddr;
 //! use std::process::ExitCode;
-//! use gateway_kit::{config, startup, LogFormat};
+//! use std::time::Duration;
+//! use gateway_kit::{config, startup, HttpServer, LogFormat, MetricsRegistry, OpsArgs,
+//!                   Readiness, Shutdown};
 //!
-//! #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+//! /// Every knob, with its default; what --print-config prints.
+//! #[derive(Debug, serde::Serialize, serde::Deserialize)]
 //! #[serde(default, deny_unknown_fields)]
 //! struct Config {
-//!     udp: Option<std::net::SocketAddr>,
+//!     udp: SocketAddr,
+//!     http: Option<SocketAddr>,
 //!     log: Option<String>,
 //!     log_format: LogFormat,
+//! }
+//!
+//! impl Default for Config {
+//!     fn default() -> Self {
+//!         Config { udp: ([0, 0, 0, 0], 5683).into(), http: None, log: None,
+//!                  log_format: LogFormat::Text }
+//!     }
 //! }
 //!
 //! /// Example gateway.
 //! #[derive(Debug, clap::Parser, serde::Serialize)]
 //! struct Cli {
-//!     /// TOML config file.
-//!     #[arg(long, env = "GW_CONFIG")]
-//!     #[serde(skip)]
-//!     config: Option<std::path::PathBuf>,
-//!     /// Print the effective config and exit.
-//!     #[arg(long)]
-//!     #[serde(skip)]
-//!     print_config: bool,
-//!     /// UDP address to listen on.
-//!     #[arg(long, env = "GW_UDP")]
-//!     udp: Option<std::net::SocketAddr>,
-//!     /// Log level (default: RUST_LOG, else info).
-//!     #[arg(long, env = "GW_LOG")]
-//!     log: Option<String>,
-//!     /// Log format.
-//!     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-//!     log_format: LogFormat,
+//!     /// UDP address to listen on [default: 0.0.0.0:5683].
+//!     #[arg(long, value_name = "ADDR")]
+//!     udp: Option<SocketAddr>,
+//!     #[command(flatten)]
+//!     #[serde(flatten)]
+//!     ops: OpsArgs,
 //! }
 //!
 //! fn main() -> ExitCode {
-//!     let parsed = match startup::parse_args::<Cli>() {
+//!     // Every flag also reads GW_<FLAG> from the environment.
+//!     let parsed = match startup::parse_args::<Cli>(Some("GW")) {
 //!         Ok(parsed) => parsed,
 //!         Err(e) => return e.report("gw"),
 //!     };
 //!     startup::exit_code("gw", run(parsed))
 //! }
 //!
-//! fn run(parsed: startup::ParsedArgs<Cli>) -> Result<(), Box<dyn std::error::Error>> {
-//!     let config: Config =
-//!         config::load_layered(&parsed.args, &parsed.matches, parsed.args.config.as_deref())?;
-//!     if parsed.args.print_config {
+//! #[tokio::main]
+//! async fn run(parsed: startup::ParsedArgs<Cli>) -> Result<(), Box<dyn std::error::Error>> {
+//!     let file = parsed.args.ops.config.as_deref();
+//!     let config: Config = config::load_layered(&parsed.args, &parsed.matches, file)?;
+//!     if parsed.args.ops.print_config {
 //!         print!("{}", config::render(&config)?);
 //!         return Ok(());
 //!     }
 //!     gateway_kit::init_logging(config.log.as_deref(), config.log_format)?;
+//!     let shutdown = Shutdown::new();
+//!     shutdown.listen_for_signals()?;
+//!     let (metrics, readiness) = (MetricsRegistry::new(), Readiness::new());
+//!     let http = match config.http {
+//!         Some(addr) => {
+//!             let running = HttpServer::new(metrics.clone(), readiness.clone())
+//!                 .start(addr, shutdown.clone())
+//!                 .await?;
+//!             gateway_kit::announce_listener("http", running.local_addr());
+//!             Some(running)
+//!         }
+//!         None => None,
+//!     };
+//!     // ... bind the UDP listener, announce it, set readiness flags, serve ...
+//!     shutdown.triggered().await;
+//!     if let Some(http) = http {
+//!         let _ = tokio::time::timeout(Duration::from_secs(5), http.stopped()).await;
+//!     }
 //!     Ok(())
 //! }
 //! ```
@@ -107,4 +128,4 @@ pub use metrics::{BROKER_RTT_BUCKETS, Counter, Gauge, Histogram, MetricsError, M
 pub use readiness::{Readiness, ReadyFlag};
 pub use redact::{Redact, SecretUrl};
 pub use shutdown::{DrainOutcome, InFlight, InFlightGuard, Shutdown, ShutdownReason};
-pub use startup::{ParsedArgs, announce_listener};
+pub use startup::{OpsArgs, ParsedArgs, announce_listener};

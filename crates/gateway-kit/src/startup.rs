@@ -6,8 +6,12 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::error::ErrorKind;
-use clap::{ArgMatches, Parser};
+use clap::{ArgAction, ArgMatches, Parser};
+
+use crate::logging::LogFormat;
 
 /// The parsed clap struct together with the matches it came from (the
 /// matches know where each value came from; see
@@ -70,22 +74,89 @@ impl Display for CliError {
 
 impl std::error::Error for CliError {}
 
-/// Parses the process's arguments (and environment, for args with `env`).
-pub fn parse_args<A: Parser>() -> Result<ParsedArgs<A>, CliError> {
-    parse_args_from(std::env::args_os())
+/// Parses the process's arguments (and environment variables).
+///
+/// With `env_prefix = Some("COAP_EMQX")`, every flag that has no `env`
+/// attribute of its own also reads `COAP_EMQX_<ID>`, where `<ID>` is the
+/// argument id upper-cased with `-` and `.` turned into `_`
+/// (`--max-body-size` reads `COAP_EMQX_MAX_BODY_SIZE`, the dotted id
+/// `dtls.listen` reads `COAP_EMQX_DTLS_LISTEN`); `--help` lists the names.
+pub fn parse_args<A: Parser>(env_prefix: Option<&str>) -> Result<ParsedArgs<A>, CliError> {
+    parse_args_from(std::env::args_os(), env_prefix)
 }
 
-/// Parses `argv` (including the program name first).
-pub fn parse_args_from<A, I, T>(argv: I) -> Result<ParsedArgs<A>, CliError>
+/// [`parse_args`] for an explicit `argv` (program name first).
+pub fn parse_args_from<A, I, T>(
+    argv: I,
+    env_prefix: Option<&str>,
+) -> Result<ParsedArgs<A>, CliError>
 where
     A: Parser,
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
     let mut command = A::command();
+    if let Some(prefix) = env_prefix {
+        command = command.mut_args(|arg| {
+            let informational = matches!(
+                arg.get_action(),
+                ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
+            );
+            if arg.get_env().is_some() || informational {
+                arg
+            } else {
+                let name = env_var_name(prefix, arg.get_id().as_str());
+                arg.env(name)
+            }
+        });
+    }
     let matches = command.try_get_matches_from_mut(argv).map_err(CliError)?;
     let args = A::from_arg_matches(&matches).map_err(|e| CliError(e.format(&mut command)))?;
     Ok(ParsedArgs { args, matches })
+}
+
+/// `PREFIX_ID` with the id upper-cased and `-`/`.` mapped to `_`.
+pub fn env_var_name(prefix: &str, id: &str) -> String {
+    let id: String = id
+        .chars()
+        .map(|c| match c {
+            '-' | '.' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    format!("{prefix}_{id}")
+}
+
+/// The operations flags both binaries share; embed with
+/// `#[command(flatten)] #[serde(flatten)] ops: OpsArgs`.
+///
+/// `http`, `log` and `log_format` are config keys, so the binary's config
+/// struct needs top-level fields `http: Option<SocketAddr>`,
+/// `log: Option<String>` and `log_format: LogFormat`; `config` and
+/// `print_config` only steer loading and are not config keys.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct OpsArgs {
+    /// TOML config file; flags and environment variables override its values.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (secrets shown as "***") and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+    /// Serve /metrics, /healthz, /readyz and the management API on ADDR
+    /// (e.g. 127.0.0.1:9100; port 0 picks one). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
+    /// Log level or filter, e.g. `info` or `debug,emqx_coap=trace`.
+    /// Default: the RUST_LOG variable, else `info`.
+    #[arg(long, value_name = "LEVEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Logs one line saying that `what` (e.g. `"udp"`, `"dtls"`, `"http"`) listens
@@ -137,7 +208,8 @@ mod tests {
 
     #[test]
     fn bad_flag_is_one_line() {
-        let err = parse_args_from::<Demo, _, _>(["demo", "--registry", "r", "--nope"]).unwrap_err();
+        let err =
+            parse_args_from::<Demo, _, _>(["demo", "--registry", "r", "--nope"], None).unwrap_err();
         let line = err.to_string();
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains("--nope"), "{line}");
@@ -146,7 +218,7 @@ mod tests {
 
     #[test]
     fn missing_argument_names_it_on_one_line() {
-        let err = parse_args_from::<Demo, _, _>(["demo"]).unwrap_err();
+        let err = parse_args_from::<Demo, _, _>(["demo"], None).unwrap_err();
         let line = err.to_string();
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains("--registry"), "{line}");
@@ -154,16 +226,41 @@ mod tests {
 
     #[test]
     fn bad_value_is_one_line() {
-        let err = parse_args_from::<Demo, _, _>(["demo", "--registry", "r", "--udp", "nowhere"])
-            .unwrap_err();
+        let err =
+            parse_args_from::<Demo, _, _>(["demo", "--registry", "r", "--udp", "nowhere"], None)
+                .unwrap_err();
         let line = err.to_string();
         assert!(!line.contains('\n') && line.contains("nowhere"), "{line}");
     }
 
     #[test]
     fn help_is_informational() {
-        let err = parse_args_from::<Demo, _, _>(["demo", "--help"]).unwrap_err();
+        let err = parse_args_from::<Demo, _, _>(["demo", "--help"], None).unwrap_err();
         assert!(err.is_informational());
+    }
+
+    #[test]
+    fn env_names_from_ids() {
+        assert_eq!(
+            env_var_name("COAP_EMQX", "max_body_size"),
+            "COAP_EMQX_MAX_BODY_SIZE"
+        );
+        assert_eq!(env_var_name("HONO", "dtls.listen"), "HONO_DTLS_LISTEN");
+        assert_eq!(env_var_name("X", "log-format"), "X_LOG_FORMAT");
+    }
+
+    #[test]
+    fn help_lists_prefixed_env_names() {
+        let err = parse_args_from::<Demo, _, _>(["demo", "--help"], Some("DEMO")).unwrap_err();
+        let help = err.inner().render().to_string();
+        assert!(
+            help.contains("DEMO_UDP") && help.contains("DEMO_REGISTRY"),
+            "{help}"
+        );
+        assert!(
+            !help.contains("DEMO_HELP") && !help.contains("DEMO_VERSION"),
+            "{help}"
+        );
     }
 
     #[test]

@@ -102,9 +102,11 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
 }
 
 fn load(argv: &[&str], file: Option<&Path>) -> Result<Config, ConfigError> {
-    let parsed =
-        parse_args_from::<Cli, _, _>(std::iter::once("kit-test").chain(argv.iter().copied()))
-            .unwrap();
+    let parsed = parse_args_from::<Cli, _, _>(
+        std::iter::once("kit-test").chain(argv.iter().copied()),
+        Some("KITAUTO"),
+    )
+    .unwrap();
     config::load_layered(&parsed.args, &parsed.matches, file)
 }
 
@@ -184,6 +186,12 @@ fn env_beats_file_and_flags_beat_env() {
         .env("KIT_TEST_HEARTBEAT", "9s")
         .env("KIT_TEST_PASSWORD", "from-env")
         .env("KIT_TEST_CONNECTION_REQUIRED", "false")
+        // Automatic names from the prefix, for args without an `env` attribute.
+        .env("KITAUTO_AMQP", "amqp://u:p@h/v")
+        .env("KITAUTO_DTLS_LISTEN", "127.0.0.1:8001")
+        .env("KITAUTO_LOG_FORMAT", "text")
+        // An explicit `env` attribute wins over the automatic name.
+        .env("KITAUTO_UDP", "127.0.0.1:9999")
         .env("KIT_TEST_FILE", temp_file("env-layer.toml", FILE))
         .output()
         .unwrap();
@@ -214,8 +222,17 @@ fn env_layer_child() {
     assert_eq!(config.heartbeat.get(), Duration::from_secs(1));
     // file > default where no env/flag
     assert_eq!(config.mountpoint, "file/");
+    // automatic env names
+    assert_eq!(
+        config.amqp.as_ref().map(SecretUrl::expose),
+        Some("amqp://u:p@h/v")
+    );
+    assert_eq!(config.dtls.listen, Some("127.0.0.1:8001".parse().unwrap()));
+    assert_eq!(config.dtls.psk_file.as_deref(), Some(Path::new("/etc/psk")));
+    assert_eq!(config.log_format, LogFormat::Text); // the file says json
     // default where nothing else
-    assert_eq!(config.amqp, None);
+    let config = load(&[], None).unwrap();
+    assert_eq!(config.max_body_size, Config::default().max_body_size);
 }
 
 fn file_error(name: &str, contents: &str) -> (PathBuf, String) {
@@ -313,9 +330,69 @@ fn secret_flag_reaches_the_config() {
 
 #[test]
 fn bad_duration_flag_is_a_clap_error() {
-    let err = parse_args_from::<Cli, _, _>(["kit-test", "--heartbeat", "30"]).unwrap_err();
+    let err = parse_args_from::<Cli, _, _>(["kit-test", "--heartbeat", "30"], None).unwrap_err();
     let line = err.to_string();
     assert!(line.contains("no unit") && !line.contains('\n'), "{line}");
-    let err = parse_args_from::<Cli, _, _>(["kit-test", "--max-body-size", "4XB"]).unwrap_err();
+    let err =
+        parse_args_from::<Cli, _, _>(["kit-test", "--max-body-size", "4XB"], None).unwrap_err();
     assert!(err.to_string().contains("unknown unit"), "{err}");
+}
+
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct OpsConfig {
+    name: String,
+    http: Option<SocketAddr>,
+    log: Option<String>,
+    log_format: LogFormat,
+}
+
+/// Binary using the shared operations flags.
+#[derive(Debug, Parser, Serialize)]
+struct OpsCli {
+    /// A name.
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    ops: gateway_kit::OpsArgs,
+}
+
+#[test]
+fn shared_ops_flags_layer_like_the_others() {
+    let path = temp_file(
+        "ops.toml",
+        "name = \"n\"\nlog = \"warn\"\nlog_format = \"json\"\nhttp = \"127.0.0.1:9100\"\n",
+    );
+    let path_text = path.display().to_string();
+    let parsed = parse_args_from::<OpsCli, _, _>(
+        [
+            "ops",
+            "--config",
+            &path_text,
+            "--http",
+            "127.0.0.1:0",
+            "--print-config",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(parsed.args.ops.print_config);
+    assert_eq!(parsed.args.ops.config.as_deref(), Some(path.as_path()));
+    let config: OpsConfig = config::load_layered(
+        &parsed.args,
+        &parsed.matches,
+        parsed.args.ops.config.as_deref(),
+    )
+    .unwrap();
+    assert_eq!(
+        config,
+        OpsConfig {
+            name: "n".into(),
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            log: Some("warn".into()),
+            // the clap default `text` does not hide the file's `json`
+            log_format: LogFormat::Json,
+        }
+    );
 }
