@@ -391,6 +391,41 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hello_verify_request_round_trips(
+            seq in 0u64..(1 << 48),
+            cookie in proptest::collection::vec(proptest::num::u8::ANY, 0..=255),
+        ) {
+            let hvr = hello_verify_request(seq, &cookie).unwrap();
+            let (rest, rec) = parse_record(&hvr).unwrap();
+            proptest::prop_assert!(rest.is_empty());
+            proptest::prop_assert_eq!(rec.sequence_number, seq);
+            let (rest, hs) = handshake_header(rec.fragment).unwrap();
+            proptest::prop_assert!(rest.is_empty());
+            proptest::prop_assert_eq!(&hs.body[3..], cookie.as_slice());
+        }
+
+        #[test]
+        fn client_hello_round_trips(
+            seq in 0u64..(1 << 48),
+            message_seq in 0u16..4,
+            cookie in proptest::collection::vec(proptest::num::u8::ANY, 0..=255),
+        ) {
+            let dg = client_hello(seq, message_seq, &cookie);
+            let ch = ClientHello::parse_datagram(&dg).unwrap();
+            proptest::prop_assert_eq!(ch.record_sequence_number, seq);
+            proptest::prop_assert_eq!(ch.message_seq, message_seq);
+            proptest::prop_assert_eq!(ch.cookie, cookie.as_slice());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = ClientHello::parse_datagram(&bytes);
+            let _ = parse_record(&bytes);
+        }
+    }
+
     #[test]
     fn hello_verify_request_layout() {
         let hvr = hello_verify_request(0x0102_0304_0506, &[0xaa; 32]).unwrap();
