@@ -245,6 +245,18 @@ impl MqttBroker {
         }
     }
 
+    /// Number of filters currently subscribed at the external broker (one
+    /// per filter with local subscribers, whatever their number).
+    pub fn broker_filters(&self) -> usize {
+        match &self.model {
+            Model::Shared(links) => links.iter().map(Link::broker_filters).sum(),
+            Model::PerClient(map) => Self::clients(map)
+                .values()
+                .map(|l| l.broker_filters())
+                .sum(),
+        }
+    }
+
     fn shared_link<'l>(links: &'l [Link], key: &str) -> Option<&'l Link> {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);

@@ -336,6 +336,12 @@ impl Link {
         }
     }
 
+    /// Number of filters this link has subscribed at the broker (filters
+    /// with at least one local subscriber).
+    pub(super) fn broker_filters(&self) -> usize {
+        self.shared.lock().subscriptions.filters().count()
+    }
+
     /// True if `subscriber` has no subscription on this link.
     pub(super) fn has_no(&self, subscriber: SubscriberId) -> bool {
         self.shared.lock().subscriptions.is_gone(subscriber)

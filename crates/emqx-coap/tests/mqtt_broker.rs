@@ -1,0 +1,461 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+//! The MQTT broker implementation against a real mosquitto: the shared one
+//! at `MQTT_URL` and private instances started by the tests themselves.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use emqx_coap::broker::mqtt::{MqttBroker, MqttConfig, MqttProtocol, SessionModel};
+use emqx_coap::broker::{
+    Broker, BrokerError, ClientInfo, Deliveries, Delivery, Publish, Qos, SubscriberId,
+};
+use emqx_coap::topic::{TopicFilter, TopicName};
+use support::{
+    ExternalSubscriber, PrivateMosquitto, external_publish, mosquitto_sub_one, mqtt_url,
+    unique_prefix,
+};
+
+fn topic(s: &str) -> TopicName {
+    TopicName::new(s).unwrap()
+}
+
+fn filter(s: &str) -> TopicFilter {
+    TopicFilter::new(s).unwrap()
+}
+
+async fn started(config: MqttConfig) -> (MqttBroker, Deliveries) {
+    let (broker, rx) = MqttBroker::start(config);
+    broker.wait_ready(Duration::from_secs(5)).await.unwrap();
+    (broker, rx)
+}
+
+async fn next(rx: &mut Deliveries) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("deliveries open")
+}
+
+/// Nothing more arrives within a short while.
+async fn nothing_more(rx: &mut Deliveries) {
+    if let Ok(d) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        panic!("unexpected delivery {d:?}");
+    }
+}
+
+#[tokio::test]
+async fn publishes_with_qos_retain_and_expiry_reach_a_real_subscriber() {
+    let url = mqtt_url();
+    let prefix = unique_prefix("pubq");
+    let mut ext = ExternalSubscriber::start(&url, &format!("{prefix}/#")).await;
+    let (broker, _rx) = started(MqttConfig::from_url(&url).unwrap()).await;
+    let client = ClientInfo::with_clientid("dev-1");
+    for (i, qos) in [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let t = format!("{prefix}/q{i}");
+        let msg = Publish::new(topic(&t), format!("payload-{i}"))
+            .qos(qos)
+            .expiry(Some(Duration::from_secs(120)));
+        broker.publish(&client, msg).await.unwrap();
+        let got = ext.next().await;
+        assert_eq!(got.topic, t);
+        assert_eq!(got.payload, Bytes::from(format!("payload-{i}")));
+        assert_eq!(got.qos, qos.as_u8());
+        assert!(!got.retain, "live delivery of a non-retained message");
+        let e = got.expiry.expect("expiry forwarded");
+        assert!((115..=120).contains(&e), "expiry {e}");
+    }
+    // Retained, seen by a new subscriber with the retain flag and expiry.
+    let t = format!("{prefix}/retained");
+    broker
+        .publish(
+            &client,
+            Publish::new(topic(&t), "kept")
+                .qos(Qos::AtLeastOnce)
+                .retain(true)
+                .expiry(Some(Duration::from_secs(100))),
+        )
+        .await
+        .unwrap();
+    let line = mosquitto_sub_one(&url, &t).await;
+    let fields: Vec<&str> = line.splitn(5, '|').collect();
+    assert_eq!(fields[0], t);
+    assert_eq!(fields[1], "1", "qos: {line}");
+    assert_eq!(fields[2], "1", "retain flag: {line}");
+    let expiry: u32 = fields[3].parse().unwrap();
+    assert!((95..=100).contains(&expiry), "{line}");
+    assert_eq!(fields[4], "kept");
+    // The retained lookup finds it; a topic without one gives None.
+    assert_eq!(
+        broker
+            .retained(&client, &topic(&t))
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        "kept"
+    );
+    assert!(
+        broker
+            .retained(&client, &topic(&format!("{prefix}/none")))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Clean up the retained message on the shared broker.
+    broker
+        .publish(
+            &client,
+            Publish::new(topic(&t), "")
+                .qos(Qos::AtLeastOnce)
+                .retain(true),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn mqtt_311_publishes_and_subscribes() {
+    let url = mqtt_url();
+    let prefix = unique_prefix("v311");
+    let mut config = MqttConfig::from_url(&url).unwrap();
+    config.protocol = MqttProtocol::V311;
+    let (broker, mut rx) = started(config).await;
+    let client = ClientInfo::default();
+    broker
+        .subscribe(
+            &client,
+            SubscriberId(1),
+            &filter(&format!("{prefix}/+")),
+            Qos::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    external_publish(&url, &format!("{prefix}/a"), "from-outside", 2).await;
+    let d = next(&mut rx).await;
+    assert_eq!(
+        (d.subscriber, d.message.topic.as_str()),
+        (SubscriberId(1), format!("{prefix}/a").as_str())
+    );
+    assert_eq!(d.message.qos, Qos::AtLeastOnce, "min(2, 1)");
+    let mut ext = ExternalSubscriber::start(&url, &format!("{prefix}/#")).await;
+    broker
+        .publish(
+            &client,
+            Publish::new(topic(&format!("{prefix}/b")), "x").qos(Qos::ExactlyOnce),
+        )
+        .await
+        .unwrap();
+    let got = ext.next().await;
+    assert_eq!(
+        (got.topic.as_str(), got.qos),
+        (format!("{prefix}/b").as_str(), 2)
+    );
+}
+
+#[tokio::test]
+async fn broker_messages_fan_out_to_local_subscribers_with_wildcards() {
+    let url = mqtt_url();
+    let p = unique_prefix("fan");
+    let (broker, mut rx) = started(MqttConfig::from_url(&url).unwrap()).await;
+    let c = ClientInfo::default();
+    broker
+        .subscribe(
+            &c,
+            SubscriberId(1),
+            &filter(&format!("{p}/+/temp")),
+            Qos::ExactlyOnce,
+        )
+        .await
+        .unwrap();
+    broker
+        .subscribe(
+            &c,
+            SubscriberId(2),
+            &filter(&format!("{p}/#")),
+            Qos::AtMostOnce,
+        )
+        .await
+        .unwrap();
+    broker
+        .subscribe(
+            &c,
+            SubscriberId(3),
+            &filter(&format!("{p}/a/temp")),
+            Qos::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    broker
+        .subscribe(
+            &c,
+            SubscriberId(4),
+            &filter(&format!("{p}/b/+")),
+            Qos::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+
+    external_publish(&url, &format!("{p}/a/temp"), "21.5", 1).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut rx).await;
+        assert_eq!(d.message.payload, "21.5");
+        got.push((d.subscriber.0, d.message.qos));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (1, Qos::AtLeastOnce),
+            (2, Qos::AtMostOnce),
+            (3, Qos::AtLeastOnce)
+        ]
+    );
+    nothing_more(&mut rx).await;
+
+    external_publish(&url, &format!("{p}/b/x"), "bx", 0).await;
+    let mut got: Vec<u64> = vec![
+        next(&mut rx).await.subscriber.0,
+        next(&mut rx).await.subscriber.0,
+    ];
+    got.sort();
+    assert_eq!(got, vec![2, 4]);
+    nothing_more(&mut rx).await;
+}
+
+#[tokio::test]
+async fn shared_subscriptions_are_reference_counted_at_the_broker() {
+    let url = mqtt_url();
+    let p = unique_prefix("rc");
+    let t = format!("{p}/x");
+    // A retained message is sent by the broker on every *new* broker-level
+    // subscription, which makes SUBSCRIBE/UNSUBSCRIBE visible.
+    external_publish_retained(&url, &t, "r").await;
+    let mut config = MqttConfig::from_url(&url).unwrap();
+    config.session = SessionModel::Shared { connections: 1 };
+    let (broker, mut rx) = started(config).await;
+    let c = ClientInfo::default();
+    let f = filter(&t);
+
+    broker
+        .subscribe(&c, SubscriberId(1), &f, Qos::AtLeastOnce)
+        .await
+        .unwrap();
+    let d = next(&mut rx).await;
+    assert_eq!(
+        (d.subscriber, d.message.retain, &d.message.payload[..]),
+        (SubscriberId(1), true, &b"r"[..])
+    );
+    // Second local subscriber: no second SUBSCRIBE, so no retained copy.
+    broker
+        .subscribe(&c, SubscriberId(2), &f, Qos::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(broker.broker_filters(), 1);
+    nothing_more(&mut rx).await;
+
+    // Both get live messages once.
+    external_publish(&url, &t, "live", 1).await;
+    let mut subs = vec![
+        next(&mut rx).await.subscriber.0,
+        next(&mut rx).await.subscriber.0,
+    ];
+    subs.sort();
+    assert_eq!(subs, vec![1, 2]);
+
+    // After the first leaves, the second still receives.
+    broker.unsubscribe(&c, SubscriberId(1), &f).await.unwrap();
+    assert_eq!(broker.broker_filters(), 1);
+    external_publish(&url, &t, "live2", 1).await;
+    assert_eq!(next(&mut rx).await.subscriber, SubscriberId(2));
+    nothing_more(&mut rx).await;
+
+    // After the last leaves, the broker subscription is gone: a new
+    // subscriber triggers a new SUBSCRIBE and gets the retained message.
+    broker.unsubscribe(&c, SubscriberId(2), &f).await.unwrap();
+    assert_eq!(broker.broker_filters(), 0);
+    broker
+        .subscribe(&c, SubscriberId(3), &f, Qos::AtLeastOnce)
+        .await
+        .unwrap();
+    let d = next(&mut rx).await;
+    assert_eq!((d.subscriber, d.message.retain), (SubscriberId(3), true));
+
+    // Disconnecting a client drops its subscriptions.
+    let dev = ClientInfo::with_clientid(format!("{p}-dev"));
+    broker
+        .subscribe(
+            &dev,
+            SubscriberId(4),
+            &filter(&format!("{p}/dev/#")),
+            Qos::AtMostOnce,
+        )
+        .await
+        .unwrap();
+    assert_eq!(broker.broker_filters(), 2);
+    broker.disconnect_client(&dev).await;
+    assert_eq!(broker.broker_filters(), 1);
+    external_publish(&url, &format!("{p}/dev/1"), "gone", 1).await;
+    nothing_more(&mut rx).await;
+    external_publish_retained(&url, &t, "").await;
+}
+
+async fn external_publish_retained(url: &str, topic: &str, payload: &str) {
+    support::external_publish_with(url, topic, payload, 1, true).await;
+}
+
+#[tokio::test]
+async fn per_client_connections_use_the_clients_credentials() {
+    let broker_proc = PrivateMosquitto::start_with_auth(
+        &[("alice", "wonderland")],
+        "user alice\ntopic readwrite alice/#\n",
+    );
+    let mut config = MqttConfig::from_url(&broker_proc.url()).unwrap();
+    config.session = SessionModel::PerClient { max_clients: 2 };
+    let (broker, mut rx) = MqttBroker::start(config);
+    let alice = ClientInfo {
+        clientid: Some("alice-1".into()),
+        username: Some("alice".into()),
+        password: Some("wonderland".into()),
+    };
+    broker.connect_client(&alice).await.unwrap();
+    broker
+        .subscribe(
+            &alice,
+            SubscriberId(1),
+            &filter("alice/in"),
+            Qos::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    broker
+        .publish(
+            &alice,
+            Publish::new(topic("alice/in"), "hello").qos(Qos::AtLeastOnce),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await.message.payload, "hello");
+
+    // The broker's ACL applies to the client's own connection. (mosquitto
+    // grants any SUBSCRIBE and applies read ACLs when delivering, so only
+    // the publish side gives a visible refusal.)
+    let denied = broker
+        .publish(
+            &alice,
+            Publish::new(topic("bob/x"), "no").qos(Qos::AtLeastOnce),
+        )
+        .await;
+    assert_eq!(denied, Err(BrokerError::NotAuthorized));
+
+    // Bad credentials: refused by the broker, typed error, promptly.
+    let mallory = ClientInfo {
+        clientid: Some("mallory".into()),
+        username: Some("alice".into()),
+        password: Some("guess".into()),
+    };
+    let started = Instant::now();
+    assert_eq!(
+        broker.connect_client(&mallory).await,
+        Err(BrokerError::NotAuthorized)
+    );
+    assert_eq!(
+        broker
+            .publish(
+                &mallory,
+                Publish::new(topic("alice/x"), "x").qos(Qos::AtLeastOnce)
+            )
+            .await,
+        Err(BrokerError::NotAuthorized)
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // No client id: per-client mode cannot work.
+    assert_eq!(
+        broker.connect_client(&ClientInfo::default()).await,
+        Err(BrokerError::MissingClientId)
+    );
+
+    broker.disconnect_client(&alice).await;
+    assert_eq!(broker.broker_filters(), 0);
+}
+
+#[tokio::test]
+async fn broker_restart_fails_fast_then_recovers_without_losing_acknowledged_messages() {
+    let mut proc = PrivateMosquitto::start();
+    let mut config = MqttConfig::from_url(&proc.url()).unwrap();
+    config.session = SessionModel::Shared { connections: 1 };
+    config.unavailable_wait = Duration::from_millis(500);
+    config.reconnect_min = Duration::from_millis(50);
+    config.reconnect_max = Duration::from_millis(200);
+    let (broker, mut rx) = started(config).await;
+    let c = ClientInfo::default();
+    broker
+        .subscribe(&c, SubscriberId(1), &filter("restart/#"), Qos::AtLeastOnce)
+        .await
+        .unwrap();
+
+    let mut accepted = Vec::new();
+    let publish = |n: u32| {
+        let broker = &broker;
+        let c = &c;
+        async move {
+            broker
+                .publish(
+                    c,
+                    Publish::new(topic(&format!("restart/{n}")), format!("m{n}"))
+                        .qos(Qos::AtLeastOnce),
+                )
+                .await
+        }
+    };
+    publish(0).await.unwrap();
+    assert_eq!(next(&mut rx).await.message.payload, "m0");
+
+    proc.stop();
+    for n in 1..4 {
+        let started = Instant::now();
+        let result = publish(n).await;
+        assert!(
+            matches!(result, Err(BrokerError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(!broker.is_ready());
+
+    proc.restart();
+    broker.wait_ready(Duration::from_secs(10)).await.unwrap();
+    for n in 10..20 {
+        publish(n).await.unwrap();
+        accepted.push(n);
+    }
+    // Every accepted publish reached the (re-subscribed) local subscriber.
+    let mut seen = Vec::new();
+    while seen.len() < accepted.len() {
+        let d = next(&mut rx).await;
+        let n: u32 = d
+            .message
+            .topic
+            .trim_start_matches("restart/")
+            .parse()
+            .unwrap();
+        seen.push(n);
+    }
+    seen.sort();
+    assert_eq!(seen, accepted);
+}
