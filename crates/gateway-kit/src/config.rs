@@ -47,7 +47,7 @@ pub enum ConfigError {
     /// The config file is not valid TOML or does not fit the config struct.
     ///
     /// Displayed on one line, e.g.
-    /// ``config file gw.toml: line 3, column 11: key `heartbeat`: invalid duration "3x"``.
+    /// ``config file gw.toml: line 3, column 13, key `heartbeat`: duration "3x" has unknown unit "x" (...)``.
     #[error("{}", FileErrorLine { path, line, column, key, message })]
     File {
         /// The file named by `--config`.
@@ -336,7 +336,8 @@ mod tests {
 }
 
 #[cfg(test)]
-mod render_order_tests {
+mod load_tests {
+    use super::*;
     #[derive(serde::Serialize, Default)]
     struct Inner {
         a: u8,
@@ -348,9 +349,34 @@ mod render_order_tests {
         none: Option<u8>,
     }
 
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Port {
+        port: u16,
+    }
+
+    impl Default for Port {
+        fn default() -> Self {
+            Port { port: 5683 }
+        }
+    }
+
+    #[test]
+    fn override_that_does_not_fit_is_an_override_error() {
+        let mut overrides = Table::new();
+        overrides.insert("port".into(), Value::String("x".into()));
+        let err = load::<Port>(None, overrides).unwrap_err();
+        assert!(matches!(err, ConfigError::Override { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("command line or environment: "),
+            "{err}"
+        );
+        assert_eq!(load::<Port>(None, Table::new()).unwrap(), Port::default());
+    }
+
     #[test]
     fn nested_table_before_plain_value_renders() {
-        let text = super::render(&Outer::default()).unwrap();
+        let text = render(&Outer::default()).unwrap();
         assert_eq!(text, "after = 0\n\n[inner]\na = 0\n");
     }
 }
