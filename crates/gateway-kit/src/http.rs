@@ -4,9 +4,14 @@
 //! ```text
 //!  GET /metrics ──▶ MetricsRegistry::render          (Prometheus text)
 //!  GET /healthz ──▶ 200 "ok"                         (the process answers)
-//!  GET /readyz  ──▶ Readiness::not_ready + Shutdown  (200 "ready" | 503 "not ready: ...")
+//!  GET /readyz  ──▶ Readiness::not_ready             (200 "ready" | 503 "not ready: ...")
 //!  anything else ─▶ the binary's axum::Router        (JSON management API)
 //! ```
+//!
+//! The server stops on the [`Shutdown`] given to [`HttpServer::start`]. To keep
+//! `/metrics` and a failing `/readyz` visible while the rest drains, give it
+//! its own `Shutdown` (triggered after the drain) and register
+//! [`Readiness::fail_after`] with the process-wide one.
 
 use std::io;
 use std::net::SocketAddr;
@@ -67,7 +72,6 @@ pub struct HttpServer {
 struct OpsState {
     metrics: MetricsRegistry,
     readiness: Readiness,
-    shutdown: Shutdown,
 }
 
 impl HttpServer {
@@ -90,12 +94,10 @@ impl HttpServer {
     }
 
     /// The complete router, for serving it some other way (or testing).
-    /// `/readyz` reports not ready once `shutdown` has fired.
-    pub fn into_router(self, shutdown: Shutdown) -> Router {
+    pub fn into_router(self) -> Router {
         let state = OpsState {
             metrics: self.metrics,
             readiness: self.readiness,
-            shutdown,
         };
         Router::new()
             .route("/metrics", get(metrics))
@@ -106,12 +108,12 @@ impl HttpServer {
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves on a spawned task
-    /// until `shutdown` fires; then stops accepting and finishes open
+    /// until `stop` fires; then stops accepting and finishes open
     /// requests. Must be called inside a tokio runtime.
     pub async fn start(
         self,
         addr: SocketAddr,
-        shutdown: Shutdown,
+        stop: Shutdown,
     ) -> Result<RunningHttpServer, HttpError> {
         let listener = TcpListener::bind(addr)
             .await
@@ -119,8 +121,8 @@ impl HttpServer {
         let local_addr = listener
             .local_addr()
             .map_err(|source| HttpError::Bind { addr, source })?;
-        let stop = shutdown.triggered_owned();
-        let router = self.into_router(shutdown);
+        let stop = stop.triggered_owned();
+        let router = self.into_router();
         let task = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
@@ -168,12 +170,6 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
-    if let Some(reason) = state.shutdown.reason() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: shutting down ({reason})\n"),
-        );
-    }
     let not_ready = state.readiness.not_ready();
     if not_ready.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())

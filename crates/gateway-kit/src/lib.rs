@@ -86,20 +86,26 @@
 //!     let shutdown = Shutdown::new();
 //!     shutdown.listen_for_signals()?;
 //!     let (metrics, readiness) = (MetricsRegistry::new(), Readiness::new());
+//!     readiness.fail_after(&shutdown); // /readyz says 503 while draining
+//!     let http_stop = Shutdown::new(); // HTTP stays up until the drain is over
 //!     let http = match config.http {
 //!         Some(addr) => {
 //!             let running = HttpServer::new(metrics.clone(), readiness.clone())
-//!                 .start(addr, shutdown.clone())
+//!                 .start(addr, http_stop.clone())
 //!                 .await?;
 //!             gateway_kit::announce_listener("http", running.local_addr());
 //!             Some(running)
 //!         }
 //!         None => None,
 //!     };
-//!     // ... bind the UDP listener, announce it, set readiness flags, serve ...
+//!     // ... bind the UDP listener, announce it, register ReadyFlags, serve
+//!     // requests holding InFlight guards ...
+//!     let in_flight = gateway_kit::InFlight::new();
 //!     shutdown.triggered().await;
+//!     in_flight.drain(Duration::from_secs(5)).await;
+//!     http_stop.trigger(gateway_kit::ShutdownReason::Requested);
 //!     if let Some(http) = http {
-//!         let _ = tokio::time::timeout(Duration::from_secs(5), http.stopped()).await;
+//!         let _ = tokio::time::timeout(Duration::from_secs(1), http.stopped()).await;
 //!     }
 //!     Ok(())
 //! }

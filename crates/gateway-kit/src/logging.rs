@@ -68,6 +68,7 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter_text = level
+        .filter(|s| !s.trim().is_empty())
         .or(rust_log.filter(|s| !s.trim().is_empty()))
         .unwrap_or(DEFAULT_LOG_LEVEL);
     let filter = EnvFilter::try_new(filter_text).map_err(|e| LoggingError::Filter {
@@ -110,6 +111,14 @@ mod tests {
         }
     }
 
+    fn capture_with(format: LogFormat, f: impl FnOnce()) -> String {
+        let buffer = Buffer::default();
+        let subscriber = build_subscriber(None, None, format, buffer.clone()).unwrap();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
     fn capture(level: Option<&str>, rust_log: Option<&str>, format: LogFormat) -> String {
         let buffer = Buffer::default();
         let subscriber = build_subscriber(level, rust_log, format, buffer.clone()).unwrap();
@@ -143,6 +152,40 @@ mod tests {
             out.contains("session started") && out.contains("request detail"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn listener_line_format() {
+        let buffer = Buffer::default();
+        let subscriber = build_subscriber(None, None, LogFormat::Text, buffer.clone()).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            crate::announce_listener("udp", "127.0.0.1:5683".parse().unwrap());
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.trim_end()
+                .ends_with("listening what=udp addr=127.0.0.1:5683"),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), 1);
+        let json = capture_with(LogFormat::Json, || {
+            crate::announce_listener("dtls", "127.0.0.1:5684".parse().unwrap());
+        });
+        let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(
+            (
+                v["message"].as_str(),
+                v["what"].as_str(),
+                v["addr"].as_str()
+            ),
+            (Some("listening"), Some("dtls"), Some("127.0.0.1:5684"))
+        );
+    }
+
+    #[test]
+    fn empty_level_falls_back() {
+        let out = capture(Some(" "), Some("warn"), LogFormat::Text);
+        assert!(out.is_empty(), "{out}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::shutdown::Shutdown;
+
 /// A shared list of named readiness checks; cheap to clone.
 ///
 /// Components register a [`ReadyFlag`] they flip (`"udp listener"` once
@@ -65,6 +67,13 @@ impl Readiness {
     /// Registers a condition computed on demand (keep it cheap and non-blocking).
     pub fn check(&self, name: &str, probe: impl Fn() -> bool + Send + Sync + 'static) {
         self.push(name, Probe::Function(Arc::new(probe)));
+    }
+
+    /// Registers the condition `"shutting down"`, which fails once `shutdown`
+    /// has fired, so load balancers stop sending work while the process drains.
+    pub fn fail_after(&self, shutdown: &Shutdown) {
+        let shutdown = shutdown.clone();
+        self.check("shutting down", move || !shutdown.is_triggered());
     }
 
     /// Names of the conditions that do not hold now, in registration order.

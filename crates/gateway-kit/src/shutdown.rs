@@ -109,7 +109,8 @@ impl Shutdown {
     /// right after cannot be missed.
     ///
     /// A *second* SIGINT/SIGTERM ends the process at once with exit code 130
-    /// (the usual "press Ctrl-C twice" escape when draining takes too long).
+    /// (SIGINT) or 143 (SIGTERM): the usual "press Ctrl-C twice" escape when
+    /// draining takes too long.
     pub fn listen_for_signals(&self) -> io::Result<()> {
         #[cfg(unix)]
         {
@@ -128,7 +129,11 @@ impl Shutdown {
                     seen += 1;
                     if seen > 1 {
                         tracing::warn!(%reason, "second signal, exiting without draining");
-                        std::process::exit(130);
+                        // 128 + signal number, as a shell reports a signal death.
+                        std::process::exit(match reason {
+                            ShutdownReason::Terminate => 143,
+                            _ => 130,
+                        });
                     }
                     tracing::info!(%reason, "shutting down");
                     shutdown.trigger(reason);

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use std::path::PathBuf;
 
-use clap::error::ErrorKind;
 use clap::{ArgAction, ArgMatches, Parser};
 
 use crate::logging::LogFormat;
@@ -31,23 +30,19 @@ pub struct CliError(clap::Error);
 impl CliError {
     /// Whether this is `--help`/`--version` rather than a mistake.
     pub fn is_informational(&self) -> bool {
-        matches!(
-            self.0.kind(),
-            ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-        )
+        !self.0.use_stderr()
     }
 
     /// Prints the help/version text on stdout (exit 0), or the mistake as
     /// one line on stderr prefixed by `program` (exit 2, as clap does).
     pub fn report(&self, program: &str) -> ExitCode {
         if self.is_informational() {
-            print!("{}", self.0.render());
+            // clap picks the stream and colours; a closed stdout is not worth an error.
+            let _ = self.0.print();
             ExitCode::SUCCESS
         } else {
             eprintln!("{program}: {self}");
-            ExitCode::from(2)
+            ExitCode::from(u8::try_from(self.0.exit_code()).unwrap_or(2))
         }
     }
 
@@ -162,10 +157,10 @@ pub struct OpsArgs {
 /// Logs one line saying that `what` (e.g. `"udp"`, `"dtls"`, `"http"`) listens
 /// on `addr` — the address actually bound, so port 0 shows the real port.
 ///
-/// The line reads `listening what=udp addr=0.0.0.0:5683` in text logs (and
-/// has fields `what`, `addr` in JSON logs).
+/// The text log line ends in `listening what=udp addr=0.0.0.0:5683`; JSON
+/// logs have `"message":"listening","what":"udp","addr":"0.0.0.0:5683"`.
 pub fn announce_listener(what: &str, addr: SocketAddr) {
-    tracing::info!(what, %addr, "listening");
+    tracing::info!(what = %what, addr = %addr, "listening");
 }
 
 /// Ends `main`: `Ok` gives exit code 0; `Err` prints

@@ -211,20 +211,29 @@ async fn serves_metrics_health_readiness_and_api() {
 }
 
 #[tokio::test]
-async fn readyz_is_not_ready_while_shutting_down() {
-    let shutdown = Shutdown::new();
-    let router =
-        HttpServer::new(MetricsRegistry::new(), Readiness::new()).into_router(shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { gateway_kit::axum::serve(listener, router).await });
+async fn readyz_fails_while_draining_and_metrics_stay_up() {
+    let process = Shutdown::new();
+    let http_stop = Shutdown::new();
+    let readiness = Readiness::new();
+    readiness.fail_after(&process);
+    let server = HttpServer::new(MetricsRegistry::new(), readiness)
+        .start("127.0.0.1:0".parse().unwrap(), http_stop.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
     assert_eq!(request(addr, "GET", "/readyz", "").await.status, 200);
-    shutdown.trigger(ShutdownReason::Terminate);
+    process.trigger(ShutdownReason::Terminate);
     let reply = request(addr, "GET", "/readyz", "").await;
     assert_eq!(
         (reply.status, reply.body.as_str()),
-        (503, "not ready: shutting down (SIGTERM)\n")
+        (503, "not ready: shutting down\n")
     );
+    assert_eq!(request(addr, "GET", "/metrics", "").await.status, 200);
+    http_stop.trigger(ShutdownReason::Requested);
+    tokio::time::timeout(Duration::from_secs(5), server.stopped())
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
