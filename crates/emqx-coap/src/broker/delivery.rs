@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -49,23 +50,53 @@ impl Deliveries {
 
     /// The next delivery if one is queued.
     pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.try_recv_at(Instant::now())
+    }
+
+    /// [`Deliveries::try_recv`] at time `now`: a message whose expiry
+    /// interval ran out while queued is dropped (MQTT 5 §3.3.2.3.3) and
+    /// counted in [`Deliveries::expired`]; others carry the remaining
+    /// interval.
+    pub fn try_recv_at(&mut self, now: Instant) -> Option<Delivery> {
         let mut state = self.hub.lock();
         while let Some(subscriber) = state.ready.pop_front() {
             let Some(queue) = state.queues.get_mut(&subscriber) else {
                 continue;
             };
-            let Some(message) = queue.pop_front() else {
-                continue;
-            };
+            let mut found = None;
+            while let Some((mut message, queued_at)) = queue.pop_front() {
+                let waited = now.saturating_duration_since(queued_at);
+                match message.expiry {
+                    Some(expiry) if waited >= expiry => {
+                        self.hub.expired.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(expiry) => {
+                        message.expiry = Some(expiry - waited);
+                        found = Some(message);
+                        break;
+                    }
+                    None => {
+                        found = Some(message);
+                        break;
+                    }
+                }
+            }
             if !queue.is_empty() {
                 state.ready.push_back(subscriber);
             }
-            return Some(Delivery {
-                subscriber,
-                message,
-            });
+            if let Some(message) = found {
+                return Some(Delivery {
+                    subscriber,
+                    message,
+                });
+            }
         }
         None
+    }
+
+    /// Messages dropped so far because they expired while queued.
+    pub fn expired(&self) -> u64 {
+        self.hub.expired.load(Ordering::Relaxed)
     }
 
     /// Messages dropped so far because a subscriber's queue was full.
@@ -80,12 +111,13 @@ pub(crate) struct DeliveryHub {
     state: Mutex<HubState>,
     notify: Notify,
     dropped: AtomicU64,
+    expired: AtomicU64,
     capacity: usize,
 }
 
 #[derive(Debug, Default)]
 struct HubState {
-    queues: HashMap<SubscriberId, VecDeque<Message>>,
+    queues: HashMap<SubscriberId, VecDeque<(Message, Instant)>>,
     /// Subscribers with a non-empty queue (each at most once).
     ready: VecDeque<SubscriberId>,
     closed: bool,
@@ -98,6 +130,7 @@ impl DeliveryHub {
             state: Mutex::new(HubState::default()),
             notify: Notify::new(),
             dropped: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             capacity: capacity.max(1),
         })
     }
@@ -111,6 +144,11 @@ impl DeliveryHub {
     /// Queues `message` for `subscriber`, dropping its oldest message if the
     /// queue is full.
     pub(crate) fn push(&self, subscriber: SubscriberId, message: Message) {
+        self.push_at(subscriber, message, Instant::now());
+    }
+
+    /// [`DeliveryHub::push`] at time `now`.
+    pub(crate) fn push_at(&self, subscriber: SubscriberId, message: Message, now: Instant) {
         let mut state = self.lock();
         let queue = state.queues.entry(subscriber).or_default();
         let was_empty = queue.is_empty();
@@ -118,7 +156,7 @@ impl DeliveryHub {
             queue.pop_front();
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        queue.push_back(message);
+        queue.push_back((message, now));
         if was_empty {
             state.ready.push_back(subscriber);
         }
@@ -186,6 +224,27 @@ mod tests {
         hub.push(SubscriberId(1), msg(1));
         hub.remove(SubscriberId(1));
         assert!(rx.try_recv().is_none());
+    }
+
+    #[test]
+    fn expired_while_queued_is_dropped_and_remaining_expiry_is_passed_on() {
+        let hub = DeliveryHub::new(8);
+        let mut rx = Deliveries::new(hub.clone());
+        let t0 = Instant::now();
+        let with_expiry = |n: u8, secs: u64| Message {
+            expiry: Some(std::time::Duration::from_secs(secs)),
+            ..msg(n)
+        };
+        hub.push_at(SubscriberId(1), with_expiry(1, 5), t0);
+        hub.push_at(SubscriberId(1), with_expiry(2, 60), t0);
+        hub.push_at(SubscriberId(1), msg(3), t0);
+        let later = t0 + std::time::Duration::from_secs(10);
+        let d = rx.try_recv_at(later).unwrap();
+        assert_eq!(d.message.payload[0], 2);
+        assert_eq!(d.message.expiry, Some(std::time::Duration::from_secs(50)));
+        assert_eq!(rx.try_recv_at(later).unwrap().message.expiry, None);
+        assert!(rx.try_recv_at(later).is_none());
+        assert_eq!(rx.expired(), 1);
     }
 
     #[tokio::test]

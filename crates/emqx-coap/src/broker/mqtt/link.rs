@@ -48,8 +48,16 @@ type Waiter = oneshot::Sender<Result<(), BrokerError>>;
 
 enum Pending {
     Publish(Option<Waiter>),
-    Subscribe(Option<Waiter>),
+    Subscribe(Option<SubAckTarget>),
     Unsubscribe,
+}
+
+/// Who learns the outcome of a SUBSCRIBE.
+enum SubAckTarget {
+    /// Everyone waiting in `LinkState::subscribing` for this filter.
+    Filter(String),
+    /// One waiter (a retained-message probe).
+    Waiter(Waiter),
 }
 
 struct Probe {
@@ -64,7 +72,11 @@ struct LinkState {
     awaiting_pkid: VecDeque<Pending>,
     collided: Option<Pending>,
     pub_acks: HashMap<u16, Waiter>,
-    sub_acks: HashMap<u16, Waiter>,
+    sub_acks: HashMap<u16, SubAckTarget>,
+    /// Filters whose broker-level SUBSCRIBE is not acknowledged yet, with
+    /// every local subscriber waiting for it (the first and any that joined
+    /// meanwhile), so nobody is told "subscribed" before the broker said so.
+    subscribing: HashMap<String, Vec<Waiter>>,
     subscriptions: LocalSubscriptions,
     next_tag: u32,
     probes: Vec<Probe>,
@@ -142,6 +154,7 @@ impl Link {
             collided: None,
             pub_acks: HashMap::new(),
             sub_acks: HashMap::new(),
+            subscribing: HashMap::new(),
             subscriptions: LocalSubscriptions::default(),
             next_tag: 1,
             probes: Vec::new(),
@@ -303,7 +316,18 @@ impl Link {
                             return Err(e);
                         }
                         let (tx, rx) = oneshot::channel();
-                        state.awaiting_pkid.push_back(Pending::Subscribe(Some(tx)));
+                        state.awaiting_pkid.push_back(Pending::Subscribe(Some(
+                            SubAckTarget::Filter(filter.to_owned()),
+                        )));
+                        state
+                            .subscribing
+                            .entry(filter.to_owned())
+                            .or_default()
+                            .push(tx);
+                        Some(Some(rx))
+                    } else if let Some(waiting) = state.subscribing.get_mut(filter) {
+                        let (tx, rx) = oneshot::channel();
+                        waiting.push(tx);
                         Some(Some(rx))
                     } else {
                         Some(None)
@@ -380,7 +404,9 @@ impl Link {
                     };
                     self.shared.client.try_subscribe(topic, tag)?;
                     let (tx, rx) = oneshot::channel();
-                    state.awaiting_pkid.push_back(Pending::Subscribe(Some(tx)));
+                    state
+                        .awaiting_pkid
+                        .push_back(Pending::Subscribe(Some(SubAckTarget::Waiter(tx))));
                     let (reply_tx, reply_rx) = oneshot::channel();
                     state.probes.push(Probe {
                         topic: topic.to_owned(),
@@ -454,12 +480,19 @@ impl LinkState {
         let mut waiters = Vec::new();
         for pending in self.awaiting_pkid.drain(..).chain(self.collided.take()) {
             match pending {
-                Pending::Publish(Some(w)) | Pending::Subscribe(Some(w)) => waiters.push(w),
+                Pending::Publish(Some(w)) | Pending::Subscribe(Some(SubAckTarget::Waiter(w))) => {
+                    waiters.push(w)
+                }
                 _ => {}
             }
         }
+        waiters.extend(self.subscribing.drain().flat_map(|(_, ws)| ws));
         waiters.extend(self.pub_acks.drain().map(|(_, w)| w));
-        waiters.extend(self.sub_acks.drain().map(|(_, w)| w));
+        for (_, target) in self.sub_acks.drain() {
+            if let SubAckTarget::Waiter(w) = target {
+                waiters.push(w);
+            }
+        }
         self.probes.clear();
         waiters
     }
@@ -529,8 +562,8 @@ impl Shared {
                 state.collided = state.awaiting_pkid.pop_front();
             }
             LinkEvent::OutSubscribe(pkid) => match state.awaiting_pkid.pop_front() {
-                Some(Pending::Subscribe(Some(w))) => {
-                    state.sub_acks.insert(pkid, w);
+                Some(Pending::Subscribe(Some(target))) => {
+                    state.sub_acks.insert(pkid, target);
                 }
                 Some(Pending::Subscribe(None)) => {}
                 _ => warn!(pkid, "outgoing subscribe without a matching request"),
@@ -553,11 +586,17 @@ impl Shared {
                     let _ = w.send(result);
                 }
             }
-            LinkEvent::SubAck(pkid, result) => {
-                if let Some(w) = state.sub_acks.remove(&pkid) {
+            LinkEvent::SubAck(pkid, result) => match state.sub_acks.remove(&pkid) {
+                Some(SubAckTarget::Waiter(w)) => {
                     let _ = w.send(result);
                 }
-            }
+                Some(SubAckTarget::Filter(filter)) => {
+                    for w in state.subscribing.remove(&filter).unwrap_or_default() {
+                        let _ = w.send(result.clone());
+                    }
+                }
+                None => {}
+            },
             LinkEvent::Publish(publish) => self.deliver(&mut state, publish),
             LinkEvent::Other => {}
         }
