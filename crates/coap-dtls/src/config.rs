@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::error::ErrorStack;
-use openssl::ssl::{SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslVersion};
+use openssl::ssl::{
+    SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode, SslVersion,
+};
 
 use crate::ffi::RetransmitTimer;
 
@@ -195,6 +197,10 @@ impl ServerConfig {
         // OpenSSL must never send its own HelloVerifyRequest.
         builder.set_cookie_generate_cb(|_ssl, _out| Err(ErrorStack::get()));
         builder.set_options(SslOptions::COOKIE_EXCHANGE);
+        // No session resumption: OpenSSL's server cache would keep an
+        // SSL_SESSION per handshake (up to 20 480), and a PSK handshake
+        // costs about as much as a resumption anyway.
+        builder.set_session_cache_mode(SslSessionCacheMode::OFF);
         Ok(builder.build())
     }
 }

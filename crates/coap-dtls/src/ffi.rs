@@ -43,6 +43,8 @@ unsafe extern "C" {
     fn BIO_ADDR_new() -> *mut BioAddr;
     fn BIO_ADDR_free(addr: *mut BioAddr);
     fn DTLS_set_timer_cb(s: *mut openssl_sys::SSL, cb: Option<DtlsTimerCb>);
+    fn SSL_free_buffers(ssl: *mut openssl_sys::SSL) -> c_int;
+    fn SSL_alloc_buffers(ssl: *mut openssl_sys::SSL) -> c_int;
     fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> usize;
     fn SSL_CTX_use_psk_identity_hint(ctx: *mut openssl_sys::SSL_CTX, hint: *const c_char) -> c_int;
 }
@@ -125,6 +127,24 @@ pub(crate) fn data_mtu<S>(stream: &SslStream<S>) -> Option<usize> {
     // SAFETY: the SSL object is valid; the call only reads it.
     let mtu = unsafe { DTLS_get_data_mtu(stream.ssl().as_ptr()) };
     (mtu > 0).then_some(mtu)
+}
+
+/// Frees the session's record-layer read and write buffers if nothing is
+/// pending in them (`SSL_free_buffers`); OpenSSL allocates them again on the
+/// next read, but its DTLS write path does not: call [`alloc_buffers`] before
+/// any call that may write. (`SSL_MODE_RELEASE_BUFFERS` does not cover DTLS.)
+pub(crate) fn free_buffers<S: Read + Write>(stream: &mut SslStream<S>) -> bool {
+    // SAFETY: the SSL object is valid and exclusively borrowed; OpenSSL only
+    // frees buffers that hold no pending data (fixed for DTLS since 3.0.14,
+    // CVE-2024-4741).
+    unsafe { SSL_free_buffers(stream.ssl().as_ptr()) == 1 }
+}
+
+/// Allocates the record buffers again after [`free_buffers`]
+/// (`SSL_alloc_buffers`); true on success.
+pub(crate) fn alloc_buffers<S: Read + Write>(stream: &mut SslStream<S>) -> bool {
+    // SAFETY: the SSL object is valid and exclusively borrowed.
+    unsafe { SSL_alloc_buffers(stream.ssl().as_ptr()) == 1 }
 }
 
 /// What `DTLSv1_handle_timeout` did.

@@ -92,7 +92,10 @@ pub struct DtlsServer {
 }
 
 struct Session {
+    /// Use through `tls()`, which restores freed buffers first.
     stream: SslStream<DatagramPipe>,
+    /// Whether `SSL_free_buffers` released the record buffers while idle.
+    buffers_released: bool,
     state: SessionState,
     /// The ClientHello random that started the session: a cookie-verified
     /// ClientHello with the same random is a retransmission, another one is
@@ -100,6 +103,35 @@ struct Session {
     client_random: [u8; 32],
     last_activity: Instant,
     deadline: Instant,
+}
+
+impl Session {
+    /// The OpenSSL stream, with its record buffers allocated: OpenSSL's DTLS
+    /// write path does not reallocate them by itself after
+    /// `SSL_free_buffers`.
+    fn tls(&mut self) -> &mut SslStream<DatagramPipe> {
+        if self.buffers_released {
+            self.buffers_released = !ffi::alloc_buffers(&mut self.stream);
+        }
+        &mut self.stream
+    }
+
+    /// The stream for calls that do not touch the record layer.
+    fn tls_ref(&self) -> &SslStream<DatagramPipe> {
+        &self.stream
+    }
+
+    /// The in-memory BIO.
+    fn pipe(&mut self) -> &mut DatagramPipe {
+        self.stream.get_mut()
+    }
+
+    /// Frees the record buffers of an idle established session.
+    fn release_buffers(&mut self) {
+        if !self.buffers_released {
+            self.buffers_released = ffi::free_buffers(&mut self.stream);
+        }
+    }
 }
 
 enum SessionState {
@@ -171,7 +203,7 @@ impl DtlsServer {
         let Some(session) = self.sessions.get_mut(&peer) else {
             return self.drop_datagram(DropReason::NoSession);
         };
-        if !session.stream.get_mut().push(datagram) {
+        if !session.pipe().push(datagram) {
             return self.drop_datagram(DropReason::SessionQueueFull);
         }
         let is_app_data = first_record.content_type == record::CONTENT_APPLICATION_DATA;
@@ -198,6 +230,7 @@ impl DtlsServer {
                     if now.saturating_duration_since(*started) >= self.config.handshake_timeout {
                         Step::Failed(HandshakeFailure::Timeout)
                     } else {
+                        // Buffers are only released once established.
                         match ffi::handle_retransmit_timeout(&mut session.stream) {
                             TimeoutOutcome::NotExpired => Step::Continue,
                             TimeoutOutcome::Retransmitted => {
@@ -222,7 +255,7 @@ impl DtlsServer {
                     } else {
                         // A retransmission timer may still run right after
                         // the handshake.
-                        let _ = ffi::handle_retransmit_timeout(&mut session.stream);
+                        let _ = ffi::handle_retransmit_timeout(session.tls());
                         Step::Continue
                     }
                 }
@@ -259,10 +292,10 @@ impl DtlsServer {
             return Err(SendError::NotEstablished);
         }
         // One datagram must stay within the MTU: no IP fragmentation.
-        if ffi::data_mtu(&session.stream).is_some_and(|max| bytes.len() > max) {
+        if ffi::data_mtu(session.tls_ref()).is_some_and(|max| bytes.len() > max) {
             return Err(SendError::TooLarge(bytes.len()));
         }
-        match session.stream.ssl_write(bytes) {
+        match session.tls().ssl_write(bytes) {
             Ok(_) => {
                 session.last_activity = now;
                 self.flush_outgoing(peer);
@@ -284,7 +317,7 @@ impl DtlsServer {
         let Some(session) = self.sessions.get_mut(&peer) else {
             return false;
         };
-        let _ = session.stream.shutdown();
+        let _ = session.tls().shutdown();
         self.finish_step(now, peer, Step::Closed(CloseReason::LocalClose));
         true
     }
@@ -303,7 +336,7 @@ impl DtlsServer {
     pub fn max_plaintext(&self, peer: SocketAddr) -> Option<usize> {
         let session = self.sessions.get(&peer)?;
         match session.state {
-            SessionState::Established { .. } => ffi::data_mtu(&session.stream),
+            SessionState::Established { .. } => ffi::data_mtu(session.tls_ref()),
             SessionState::Handshaking { .. } => None,
         }
     }
@@ -349,7 +382,7 @@ impl DtlsServer {
                 // The same ClientHello again: a retransmission for the
                 // running handshake (OpenSSL ignores it if it is stale).
                 if matches!(existing.state, SessionState::Handshaking { .. })
-                    && existing.stream.get_mut().push(datagram)
+                    && existing.pipe().push(datagram)
                 {
                     return self.drive(now, peer, false);
                 }
@@ -380,6 +413,7 @@ impl DtlsServer {
             peer,
             Session {
                 stream,
+                buffers_released: false,
                 state: SessionState::Handshaking {
                     started: now,
                     retransmissions: 0,
@@ -433,10 +467,10 @@ impl DtlsServer {
         };
         let mut step = Step::Continue;
         if let SessionState::Handshaking { .. } = session.state {
-            match session.stream.accept() {
+            match session.tls().accept() {
                 Ok(()) => {
                     let identity = session
-                        .stream
+                        .tls_ref()
                         .ssl()
                         .psk_identity()
                         .map(Bytes::copy_from_slice)
@@ -458,7 +492,7 @@ impl DtlsServer {
             let identity = identity.clone();
             let mut delivered = false;
             loop {
-                match session.stream.ssl_read(&mut self.read_buf) {
+                match session.tls().ssl_read(&mut self.read_buf) {
                     Ok(n) => {
                         let bytes = Bytes::copy_from_slice(self.read_buf.get(..n).unwrap_or(&[]));
                         delivered = true;
@@ -539,8 +573,11 @@ impl DtlsServer {
         let Some(session) = self.sessions.get_mut(&peer) else {
             return;
         };
-        let outgoing = std::mem::take(&mut session.stream.get_mut().outgoing);
-        session.stream.get_mut().shrink();
+        let outgoing = std::mem::take(&mut session.pipe().outgoing);
+        session.pipe().shrink();
+        if matches!(session.state, SessionState::Established { .. }) {
+            session.release_buffers();
+        }
         for datagram in outgoing {
             self.push_transmit(peer, datagram);
         }
@@ -564,7 +601,7 @@ impl DtlsServer {
             SessionState::Handshaking { started, .. } => started + self.config.handshake_timeout,
             SessionState::Established { .. } => session.last_activity + self.config.idle_timeout,
         };
-        if let Some(left) = ffi::retransmit_timeout(&session.stream) {
+        if let Some(left) = ffi::retransmit_timeout(session.tls_ref()) {
             deadline = deadline.min(now + left);
         }
         if deadline != session.deadline || !self.timers.contains(&(deadline, peer)) {
