@@ -143,6 +143,12 @@ struct Inner {
     ready: watch::Sender<bool>,
     /// A publish or bind failed on a live connection: reconnect.
     broken: Notify,
+    /// Held while changing command routing (router entry + broker binding,
+    /// and the re-binding after a reconnect), so bind and unbind calls for a
+    /// device reach the broker in the order the router saw them.
+    binding: tokio::sync::Mutex<()>,
+    /// Successful connects so far (1 = never reconnected).
+    connects: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -175,6 +181,8 @@ impl AmqpDownstream {
             live: Mutex::new(None),
             ready,
             broken: Notify::new(),
+            binding: tokio::sync::Mutex::new(()),
+            connects: std::sync::atomic::AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(());
         tokio::spawn(supervise(inner.clone(), stopped));
@@ -192,6 +200,14 @@ impl AmqpDownstream {
     /// The configuration in use.
     pub fn config(&self) -> &AmqpConfig {
         &self.inner.config
+    }
+
+    /// How often the downstream connected successfully so far (1 = never
+    /// reconnected); for metrics and tests.
+    pub fn connects(&self) -> u64 {
+        self.inner
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Name of this instance's exclusive command queue.
@@ -274,24 +290,29 @@ impl Inner {
             return Ok(());
         }
         let queue = short(&self.config.event_queue(tenant_id), "event queue name")?;
-        live.control
-            .queue_declare(
-                queue.clone(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.fail("event queue declare", &e))?;
-        live.control
-            .queue_bind(
-                queue,
-                short(&self.config.exchange("event"), "exchange")?,
-                short(tenant_id, "tenant id")?,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.fail("event queue bind", &e))?;
+        let exchange = short(&self.config.exchange("event"), "exchange")?;
+        let key = short(tenant_id, "tenant id")?;
+        let declared = tokio::time::timeout(
+            self.config.confirm_timeout,
+            declare_event_queue(&live.connection, queue, exchange, key),
+        )
+        .await;
+        match declared {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if live.connection.status().connected() => {
+                // A channel-level refusal (e.g. permissions): report it, but
+                // the connection itself is fine.
+                return Err(DownstreamError::Unavailable(format!(
+                    "cannot declare event queue: {e}"
+                )));
+            }
+            Ok(Err(e)) => return Err(self.fail("event queue declare", &e)),
+            Err(_) => {
+                return Err(DownstreamError::Unavailable(
+                    "event queue declaration timed out".into(),
+                ));
+            }
+        }
         live.event_queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -352,36 +373,45 @@ impl Inner {
         .await
     }
 
+    /// Binds or unbinds a device's routing key on this instance's command
+    /// queue. The caller holds `binding`.
     async fn bind_command(&self, routing_key: &str, bind: bool) -> Result<(), DownstreamError> {
         let live = self.live()?;
         let queue = short(&self.command_queue, "queue")?;
         let exchange = short(&self.config.exchange("command"), "exchange")?;
         let key = short(routing_key, "routing key")?;
-        let outcome = if bind {
-            live.control
-                .queue_bind(
-                    queue,
-                    exchange,
-                    key,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        } else {
-            live.control
-                .queue_unbind(queue, exchange, key, FieldTable::default())
-                .await
+        let call = async {
+            if bind {
+                live.control
+                    .queue_bind(
+                        queue,
+                        exchange,
+                        key,
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            } else {
+                live.control
+                    .queue_unbind(queue, exchange, key, FieldTable::default())
+                    .await
+            }
         };
-        outcome.map_err(|e| {
-            self.fail(
-                if bind {
-                    "command bind"
-                } else {
-                    "command unbind"
-                },
-                &e,
-            )
-        })
+        let what = if bind {
+            "command bind"
+        } else {
+            "command unbind"
+        };
+        match tokio::time::timeout(self.config.confirm_timeout, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(what, &e)),
+            Err(_) => {
+                self.broken.notify_one();
+                Err(DownstreamError::Unavailable(format!(
+                    "AMQP {what} timed out"
+                )))
+            }
+        }
     }
 
     /// Answers a command that cannot be delivered with `status`, if it
@@ -416,6 +446,52 @@ impl Inner {
             }
         }
     }
+}
+
+/// Declares a tenant's durable event queue (unless it exists, possibly
+/// declared by an application with other arguments) and binds it. Uses
+/// throw-away channels because a refused passive declaration closes its
+/// channel.
+async fn declare_event_queue(
+    connection: &Connection,
+    queue: ShortString,
+    exchange: ShortString,
+    tenant_id: ShortString,
+) -> Result<(), lapin::Error> {
+    // Both channels are opened up front: lapin may hand out the id of a
+    // channel that is still closing after a refused passive declaration.
+    let probe = connection.create_channel().await?;
+    let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let exists = probe
+        .queue_declare(queue.clone(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    if exists {
+        let _ = probe.close(200, "event queue exists".into()).await;
+    } else {
+        channel
+            .queue_declare(
+                queue.clone(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .queue_bind(
+            queue,
+            exchange,
+            tenant_id,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "event queue declared".into()).await;
+    Ok(())
 }
 
 /// A command delivery, read.
@@ -569,12 +645,39 @@ async fn supervise(inner: Arc<Inner>, mut stop: watch::Receiver<()>) {
         };
         match setup {
             Ok(Ok((live, consumer))) => {
+                // Re-bind the devices waiting now and go live under the
+                // binding lock, so no (un)subscription slips in between.
+                let binding = inner.binding.lock().await;
+                let rebound = tokio::time::timeout(
+                    inner.config.connect_timeout,
+                    rebind_commands(&inner, &live.control),
+                )
+                .await;
+                if !matches!(rebound, Ok(Ok(()))) {
+                    drop(binding);
+                    tracing::warn!(retry_in = ?delay, "cannot re-bind command routes after connecting");
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        live.connection.close(200, "setup failed".into()),
+                    )
+                    .await;
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(inner.config.reconnect_max);
+                    continue;
+                }
                 delay = inner.config.reconnect_min;
                 let connection_events = live.connection.events_listener();
                 *inner.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(live.clone());
+                drop(binding);
+                inner
+                    .connects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 inner.ready.send_replace(true);
                 tracing::info!(url = %redact(&inner.config.url), "connected to the AMQP broker");
-                let stopped = serve(&inner, consumer, connection_events, &mut stop).await;
+                let stopped = serve(&inner, &live, consumer, connection_events, &mut stop).await;
                 *inner.live.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 inner.ready.send_replace(false);
                 let _ = tokio::time::timeout(
@@ -607,6 +710,7 @@ async fn supervise(inner: Arc<Inner>, mut stop: watch::Receiver<()>) {
 /// is dropped (`true`).
 async fn serve(
     inner: &Arc<Inner>,
+    live: &Live,
     mut consumer: lapin::Consumer,
     events: impl futures_lite::Stream<Item = lapin::Event> + Send,
     stop: &mut watch::Receiver<()>,
@@ -625,9 +729,18 @@ async fn serve(
                 None => return false,
             },
             event = events.next() => match event {
+                // lapin reports channel errors here too (e.g. a refused
+                // passive declaration on a throw-away channel); only a
+                // broken connection or one of our own channels matters.
                 Some(lapin::Event::Error(error)) => {
-                    tracing::warn!(%error, "AMQP connection error");
-                    return false;
+                    if !(live.connection.status().connected()
+                        && live.publish.status().connected()
+                        && live.control.status().connected())
+                    {
+                        tracing::warn!(%error, "AMQP connection error");
+                        return false;
+                    }
+                    tracing::debug!(%error, "AMQP channel error on a throw-away channel");
                 }
                 Some(_) => {}
                 None => return false,
@@ -636,8 +749,28 @@ async fn serve(
     }
 }
 
-/// Opens the connection and channels, declares the topology, re-binds the
-/// waiting devices and starts the command consumer.
+/// Binds the routing keys of all current subscriptions to the (new)
+/// command queue.
+async fn rebind_commands(inner: &Inner, control: &Channel) -> Result<(), lapin::Error> {
+    for key in inner.router.routing_keys() {
+        let Ok(key) = ShortString::try_new(key) else {
+            continue;
+        };
+        control
+            .queue_bind(
+                inner.command_queue.clone().into(),
+                inner.config.exchange("command").into(),
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Opens the connection and channels, declares the topology and starts the
+/// command consumer.
 async fn connect(inner: &Inner) -> Result<(Arc<Live>, lapin::Consumer), lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(inner.config.connection_name.clone().into());
@@ -672,20 +805,6 @@ async fn connect(inner: &Inner) -> Result<(Arc<Live>, lapin::Consumer), lapin::E
             FieldTable::default(),
         )
         .await?;
-    for key in inner.router.routing_keys() {
-        let Ok(key) = ShortString::try_new(key) else {
-            continue;
-        };
-        control
-            .queue_bind(
-                queue.clone(),
-                inner.config.exchange("command").into(),
-                key,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
     let consumer = control
         .basic_consume(
             queue,
@@ -756,6 +875,7 @@ impl Downstream for AmqpDownstream {
         device_id: &'a str,
     ) -> DownstreamFuture<'a, CommandSubscription> {
         Box::pin(async move {
+            let _binding = self.inner.binding.lock().await;
             // Route locally first so that a command arriving right after
             // the bind finds the subscription.
             let subscription = self.inner.router.subscribe(tenant_id, device_id);
@@ -771,6 +891,7 @@ impl Downstream for AmqpDownstream {
 
     fn unsubscribe_commands(&self, subscription: CommandSubscription) -> DownstreamFuture<'_, ()> {
         Box::pin(async move {
+            let _binding = self.inner.binding.lock().await;
             let (tenant_id, device_id, id, left) = subscription.close();
             let current = self.inner.router.unsubscribe(&tenant_id, &device_id, id);
             for command in left {

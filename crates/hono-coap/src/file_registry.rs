@@ -348,7 +348,20 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hono-registry.json");
         let registry = FileRegistry::load(path).unwrap();
         let now = SystemTime::now();
-        let sensor = registry.psk("DEFAULT_TENANT", "sensor1", now).unwrap();
+        let sensor = registry
+            .psk_for_identity(b"sensor1@DEFAULT_TENANT", '@', now)
+            .unwrap();
+        assert!(
+            registry
+                .psk_for_identity(b"sensor1@OTHER", '@', now)
+                .is_none()
+        );
+        assert!(registry.psk_for_identity(b"sensor1", '@', now).is_none());
+        assert!(
+            registry
+                .psk_for_identity(b"sensor1@DEFAULT_TENANT", '|', now)
+                .is_none()
+        );
         assert_eq!(
             (sensor.device_id.as_str(), sensor.key.as_slice()),
             ("4711", &b"hono-secret"[..])

@@ -68,6 +68,18 @@ pub trait Registry: Send + Sync {
     /// *device* still gets its key (Hono lets it complete the handshake and
     /// answers its requests with 4.04).
     fn psk(&self, tenant_id: &str, auth_id: &str, now: SystemTime) -> Option<PskGrant>;
+
+    /// [`psk`](Self::psk) for a raw DTLS PSK identity `auth-id{separator}tenant`
+    /// (what the DTLS callback receives); `None` for a malformed identity.
+    fn psk_for_identity(
+        &self,
+        identity: &[u8],
+        separator: char,
+        now: SystemTime,
+    ) -> Option<PskGrant> {
+        let identity = PskIdentity::parse(identity, separator).ok()?;
+        self.psk(identity.tenant_id, identity.auth_id, now)
+    }
 }
 
 /// A registry store could not answer a look-up.

@@ -139,6 +139,37 @@ mod tests {
         assert_eq!(id("c", "").encode(), Err(RequestIdError::Empty));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn encode_decode_round_trip(c in "\\PC{1,60}", r in "\\PC{1,60}") {
+            let rid = id(&c, &r);
+            match rid.encode() {
+                Ok(text) => {
+                    proptest::prop_assert!(text.len() <= MAX_REQUEST_ID_LEN);
+                    proptest::prop_assert_eq!(RequestId::decode(&text), Ok(rid));
+                }
+                Err(e) => {
+                    proptest::prop_assert_eq!(e, RequestIdError::TooLong);
+                    proptest::prop_assert!(((2 + c.len() + r.len()) * 4).div_ceil(3) > MAX_REQUEST_ID_LEN);
+                }
+            }
+        }
+
+        #[test]
+        fn decode_never_panics(text in "\\PC{0,250}") {
+            let _ = RequestId::decode(&text);
+        }
+
+        #[test]
+        fn decode_of_arbitrary_bytes_is_safe(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..160)) {
+            let text = URL_SAFE_NO_PAD.encode(&raw);
+            if let Ok(rid) = RequestId::decode(&text) {
+                // Whatever decodes re-encodes to the same text.
+                proptest::prop_assert_eq!(rid.encode(), Ok(text));
+            }
+        }
+    }
+
     #[test]
     fn rejects_malformed() {
         assert_eq!(

@@ -108,6 +108,18 @@ impl PrivateRabbit {
         }
     }
 
+    fn ctl(&self, args: &[&str]) {
+        let status = Process::new("rabbitmqctl")
+            .args(["-n", &self.node])
+            .args(args)
+            .current_dir(self.root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "rabbitmqctl {args:?} failed");
+    }
+
     fn stop(&self) {
         let _ = Process::new("rabbitmqctl")
             .args(["-n", &self.node, "stop"])
@@ -205,6 +217,7 @@ async fn survives_a_broker_restart_without_losing_confirmed_events() {
         downstream.wait_ready(Duration::from_secs(20)).await,
         "adapter did not reconnect after the broker restart"
     );
+    assert_eq!(downstream.connects(), 2);
     for i in 0..5 {
         downstream
             .send_event(event(tenant, format!("after-{i}")))
@@ -247,6 +260,33 @@ async fn survives_a_broker_restart_without_losing_confirmed_events() {
         .unwrap()
         .unwrap();
     assert_eq!(cmd.name, "ping");
+
+    // A broker that stops confirming (memory alarm: publishers blocked):
+    // a confirmed send gives up after the confirm timeout.
+    tokio::task::block_in_place(|| rabbit.ctl(&["set_vm_memory_high_watermark", "0"]));
+    let t = Instant::now();
+    let err = downstream
+        .send_telemetry(event(tenant, "blocked".into()), Qos::AtLeastOnce)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DownstreamError::Unavailable(_)), "{err:?}");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4),
+        "waited {waited:?} for a blocked broker"
+    );
+    tokio::task::block_in_place(|| rabbit.ctl(&["set_vm_memory_high_watermark", "0.4"]));
+    downstream
+        .send_telemetry(event(tenant, "unblocked".into()), Qos::AtLeastOnce)
+        .await
+        .unwrap();
+    // The refused message may still arrive (at least once is not at most
+    // once); the confirmed one must.
+    let mut seen = Vec::new();
+    while let Some(d) = next(&mut telemetry, Duration::from_millis(500)).await {
+        seen.push(String::from_utf8(d.data).unwrap());
+    }
+    assert!(seen.contains(&"unblocked".to_owned()), "{seen:?}");
 
     drop(downstream);
     app.cleanup(&[format!("{prefix}.event.{tenant}")]).await;

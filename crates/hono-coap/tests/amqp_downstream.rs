@@ -17,6 +17,8 @@ use hono_coap::{
     AmqpConfig, AmqpDownstream, CommandResponse, Downstream, DownstreamError, DownstreamMessage,
     Qos, RequestId,
 };
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable};
 use support::{App, amqp_url, header_int, header_str, next, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -191,6 +193,27 @@ async fn events_wait_in_the_durable_tenant_queue() {
     }
     drop(events);
 
+    // A queue an application declared itself (with other arguments) is
+    // used as it is.
+    let pre = "PREDECLARED";
+    let pre_queue = downstream.config().event_queue(pre);
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(100));
+    app.channel
+        .queue_declare(
+            pre_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            args,
+        )
+        .await
+        .unwrap();
+    downstream.send_event(message(pre, "to-pre")).await.unwrap();
+    let mut pre_events = app.consume_queue(&pre_queue).await;
+    assert_eq!(next(&mut pre_events, WAIT).await.unwrap().data, b"to-pre");
+    // None of this cost the adapter its connection.
+    assert_eq!(downstream.connects(), 1);
+    assert!(downstream.is_ready());
+
     // With event queues switched off and no consumer, events are unroutable.
     let other_prefix = unique_prefix();
     let no_queues = adapter_with(
@@ -207,7 +230,7 @@ async fn events_wait_in_the_durable_tenant_queue() {
 
     drop(downstream);
     drop(no_queues);
-    app.cleanup(&[queue]).await;
+    app.cleanup(&[queue, pre_queue]).await;
     App::connect(&amqp_url(), &other_prefix)
         .await
         .cleanup(&[])
