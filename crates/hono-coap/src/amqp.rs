@@ -141,8 +141,6 @@ struct Inner {
     live: Mutex<Option<Arc<Live>>>,
     /// `true` while connected and set up.
     ready: watch::Sender<bool>,
-    /// A publish or bind failed on a live connection: reconnect.
-    broken: Notify,
     /// Held while changing command routing (router entry + broker binding,
     /// and the re-binding after a reconnect), so bind and unbind calls for a
     /// device reach the broker in the order the router saw them.
@@ -160,6 +158,9 @@ struct Live {
     control: Channel,
     /// Tenants whose event queue was declared on this connection.
     event_queues: Mutex<HashSet<String>>,
+    /// A publish or bind failed on this connection: reconnect. Per
+    /// connection, so a failure seen on an old one cannot tear down the next.
+    broken: Notify,
 }
 
 impl AmqpDownstream {
@@ -180,7 +181,6 @@ impl AmqpDownstream {
             router: CommandRouter::default(),
             live: Mutex::new(None),
             ready,
-            broken: Notify::new(),
             binding: tokio::sync::Mutex::new(()),
             connects: std::sync::atomic::AtomicU64::new(0),
         });
@@ -226,9 +226,9 @@ impl Inner {
     }
 
     /// A broker call failed on a connection we believed live.
-    fn fail(&self, what: &str, error: &lapin::Error) -> DownstreamError {
+    fn fail(&self, live: &Live, what: &str, error: &lapin::Error) -> DownstreamError {
         tracing::warn!(%error, "AMQP {what} failed; reconnecting");
-        self.broken.notify_one();
+        live.broken.notify_one();
         DownstreamError::Unavailable(format!("AMQP {what} failed: {error}"))
     }
 
@@ -255,7 +255,7 @@ impl Inner {
                 properties,
             )
             .await
-            .map_err(|e| self.fail("publish", &e))?;
+            .map_err(|e| self.fail(&live, "publish", &e))?;
         let timeout = self.config.confirm_timeout;
         if !wait_for_confirm {
             tokio::spawn(async move {
@@ -267,7 +267,7 @@ impl Inner {
             Err(_) => Err(DownstreamError::Unavailable(format!(
                 "broker did not confirm within {timeout:?}"
             ))),
-            Ok(Err(e)) => Err(self.fail("publisher confirm", &e)),
+            Ok(Err(e)) => Err(self.fail(&live, "publisher confirm", &e)),
             Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => Err(DownstreamError::Unroutable),
             Ok(Ok(Confirmation::Nack(_))) => Err(DownstreamError::Unavailable(
@@ -306,7 +306,7 @@ impl Inner {
                     "cannot declare event queue: {e}"
                 )));
             }
-            Ok(Err(e)) => return Err(self.fail("event queue declare", &e)),
+            Ok(Err(e)) => return Err(self.fail(&live, "event queue declare", &e)),
             Err(_) => {
                 return Err(DownstreamError::Unavailable(
                     "event queue declaration timed out".into(),
@@ -404,9 +404,9 @@ impl Inner {
         };
         match tokio::time::timeout(self.config.confirm_timeout, call).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.fail(what, &e)),
+            Ok(Err(e)) => Err(self.fail(&live, what, &e)),
             Err(_) => {
-                self.broken.notify_one();
+                live.broken.notify_one();
                 Err(DownstreamError::Unavailable(format!(
                     "AMQP {what} timed out"
                 )))
@@ -719,7 +719,7 @@ async fn serve(
     loop {
         tokio::select! {
             _ = stop.changed() => return true,
-            () = inner.broken.notified() => return false,
+            () = live.broken.notified() => return false,
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => inner.on_command(delivery),
                 Some(Err(error)) => {
@@ -823,6 +823,7 @@ async fn connect(inner: &Inner) -> Result<(Arc<Live>, lapin::Consumer), lapin::E
             publish,
             control,
             event_queues: Mutex::new(HashSet::new()),
+            broken: Notify::new(),
         }),
         consumer,
     ))
