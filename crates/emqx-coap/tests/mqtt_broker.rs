@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use emqx_coap::broker::mqtt::{MqttBroker, MqttConfig, MqttProtocol, SessionModel};
+use emqx_coap::broker::mqtt::{MqttBroker, MqttConfig, MqttProtocol, MqttTls, SessionModel};
 use emqx_coap::broker::{
     Broker, BrokerError, ClientInfo, Deliveries, Delivery, Publish, Qos, SubscriberId,
 };
@@ -458,4 +458,47 @@ async fn broker_restart_fails_fast_then_recovers_without_losing_acknowledged_mes
     }
     seen.sort();
     assert_eq!(seen, accepted);
+}
+
+#[tokio::test]
+async fn mqtts_verifies_the_broker_certificate() {
+    let (proc, ca) = PrivateMosquitto::start_tls();
+    let url = proc.url().replace("mqtt://", "mqtts://");
+    let mut config = MqttConfig::from_url(&url).unwrap();
+    config.tls = Some(MqttTls { ca_pem: Some(ca) });
+    config.session = SessionModel::Shared { connections: 1 };
+    let (broker, mut rx) = started(config).await;
+    let c = ClientInfo::default();
+    broker
+        .subscribe(&c, SubscriberId(1), &filter("tls/#"), Qos::AtLeastOnce)
+        .await
+        .unwrap();
+    broker
+        .publish(
+            &c,
+            Publish::new(topic("tls/a"), "over tls").qos(Qos::ExactlyOnce),
+        )
+        .await
+        .unwrap();
+    let d = next(&mut rx).await;
+    assert_eq!(
+        (d.message.topic.as_str(), &d.message.payload[..]),
+        ("tls/a", &b"over tls"[..])
+    );
+
+    // A CA that did not sign the broker's certificate: never connected.
+    let mut config = MqttConfig::from_url(&url).unwrap();
+    config.tls = Some(MqttTls {
+        ca_pem: Some(PrivateMosquitto::unrelated_ca()),
+    });
+    config.unavailable_wait = Duration::from_millis(500);
+    let (broker, _rx) = MqttBroker::start(config);
+    let result = broker
+        .publish(&c, Publish::new(topic("tls/b"), "x").qos(Qos::AtLeastOnce))
+        .await;
+    assert!(
+        matches!(result, Err(BrokerError::Unavailable(_))),
+        "{result:?}"
+    );
+    assert!(!broker.is_ready());
 }

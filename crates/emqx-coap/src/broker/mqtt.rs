@@ -35,8 +35,10 @@
 //! broker's retained messages through [`Deliveries`] (with `retain` set),
 //! not in [`Subscribed::retained`].
 //!
-//! Not supported yet: `mqtts://` (rumqttc is built without a TLS provider;
-//! the URL is refused with [`BrokerError::Config`]).
+//! TLS: `mqtts://host[:port]` (default port 8883) through native-tls
+//! (OpenSSL), verifying the broker's certificate and host name against the
+//! system roots or the CA in [`MqttTls::ca_pem`]. Client certificates are
+//! not supported yet.
 
 mod link;
 
@@ -80,14 +82,24 @@ pub enum SessionModel {
     },
 }
 
+/// TLS settings of the connection to the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttTls {
+    /// PEM of the CA that signed the broker's certificate; `None` uses the
+    /// system's trusted roots. Default is `None`.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 /// Configuration of [`MqttBroker`]. Build it with [`MqttConfig::from_url`]
 /// and change fields as needed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttConfig {
     /// Broker host.
     pub host: String,
-    /// Broker port. Default is 1883.
+    /// Broker port. Default is 1883 (8883 for `mqtts://`).
     pub port: u16,
+    /// TLS, set by `mqtts://`. Default is none (plain TCP).
+    pub tls: Option<MqttTls>,
     /// Protocol version. Default is MQTT 5.
     pub protocol: MqttProtocol,
     /// Session model. Default is `Shared { connections: 2 }`.
@@ -124,25 +136,25 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
-    /// Parses `mqtt://host[:port]` and fills in the defaults.
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` and fills in
+    /// the defaults.
     pub fn from_url(url: &str) -> Result<Self, BrokerError> {
-        let rest = if let Some(rest) = url.strip_prefix("mqtt://") {
-            rest
-        } else if url.starts_with("mqtts://") {
-            return Err(BrokerError::Config(
-                "mqtts:// is not supported yet (built without TLS); use mqtt://".into(),
-            ));
+        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("mqtt://") {
+            (rest, None, 1883)
+        } else if let Some(rest) = url.strip_prefix("mqtts://") {
+            (rest, Some(MqttTls::default()), 8883)
         } else {
             return Err(BrokerError::Config(format!(
-                "broker URL {url:?} must start with mqtt://"
+                "broker URL {url:?} must start with mqtt:// or mqtts://"
             )));
         };
         let authority = rest.split('/').next().unwrap_or_default();
-        let (host, port) = split_host_port(authority)
+        let (host, port) = split_host_port(authority, default_port)
             .ok_or_else(|| BrokerError::Config(format!("broker URL {url:?}: bad host or port")))?;
         Ok(Self {
             host,
             port,
+            tls,
             protocol: MqttProtocol::V5,
             session: SessionModel::Shared { connections: 2 },
             client_id_prefix: "coap-gw-".into(),
@@ -161,19 +173,19 @@ impl MqttConfig {
     }
 }
 
-fn split_host_port(authority: &str) -> Option<(String, u16)> {
+fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().ok()?,
-            None if after.is_empty() => 1883,
+            None if after.is_empty() => default_port,
             None => return None,
         };
         (host, port)
     } else {
         match authority.rsplit_once(':') {
             Some((host, port)) => (host, port.parse().ok()?),
-            None => (authority, 1883),
+            None => (authority, default_port),
         }
     };
     if host.is_empty() {
@@ -542,9 +554,9 @@ mod tests {
         assert_eq!((c.host.as_str(), c.port), ("broker.example", 1883));
         let c = MqttConfig::from_url("mqtt://[::1]:1999/").unwrap();
         assert_eq!((c.host.as_str(), c.port), ("::1", 1999));
-        assert!(
-            matches!(MqttConfig::from_url("mqtts://x:8883"), Err(BrokerError::Config(m)) if m.contains("not supported"))
-        );
+        let c = MqttConfig::from_url("mqtts://broker.example").unwrap();
+        assert_eq!((c.port, c.tls), (8883, Some(MqttTls::default())));
+        assert_eq!(MqttConfig::from_url("mqtt://x").unwrap().tls, None);
         assert!(MqttConfig::from_url("http://x").is_err());
         assert!(MqttConfig::from_url("mqtt://x:notaport").is_err());
         assert!(MqttConfig::from_url("mqtt://:1883").is_err());

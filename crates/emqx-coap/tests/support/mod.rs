@@ -223,6 +223,77 @@ impl PrivateMosquitto {
         Self::start_in(dir, &extra)
     }
 
+    /// With a TLS listener; returns the PEM of the CA that signed the
+    /// broker's certificate (for 127.0.0.1 and localhost).
+    pub fn start_tls() -> (Self, Vec<u8>) {
+        let dir = temp_dir();
+        let ca = make_ca(&dir, "ca");
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ]
+            .iter()
+            .chain(&[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .copied()
+            .collect::<Vec<_>>(),
+        );
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+            ]
+            .iter()
+            .chain(&["-out", "server.crt", "-days", "1", "-extfile", "ext"])
+            .copied()
+            .collect::<Vec<_>>(),
+        );
+        // mosquitto started as root reads its files as user "mosquitto".
+        for f in ["ca.crt", "server.crt", "server.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let extra = format!(
+            "allow_anonymous true\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\n",
+            dir.display()
+        );
+        (Self::start_in(dir, &extra), ca)
+    }
+
+    /// A CA the broker does not use (for a failing verification).
+    pub fn unrelated_ca() -> Vec<u8> {
+        let dir = temp_dir();
+        let ca = make_ca(&dir, "other");
+        let _ = std::fs::remove_dir_all(&dir);
+        ca
+    }
+
     fn start_config(extra: &str) -> Self {
         Self::start_in(temp_dir(), extra)
     }
@@ -284,6 +355,46 @@ impl Drop for PrivateMosquitto {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_ca(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let key = format!("{name}.key");
+    let crt = format!("{name}.crt");
+    let cn = format!("/CN=test-{name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-subj",
+            &cn,
+        ],
+    );
+    std::fs::read(dir.join(&crt)).unwrap()
 }
 
 fn temp_dir() -> PathBuf {

@@ -163,6 +163,9 @@ impl Link {
             MqttProtocol::V5 => {
                 let mut options = rumqttc::v5::MqttOptions::new(client_id, host, port);
                 options.set_keep_alive(keep_alive).set_clean_start(true);
+                if let Some(transport) = tls_transport(&config) {
+                    options.set_transport(transport);
+                }
                 options.set_connection_timeout(connect_timeout);
                 if let Some((u, p)) = creds {
                     options.set_credentials(u, p);
@@ -183,6 +186,9 @@ impl Link {
             MqttProtocol::V311 => {
                 let mut options = rumqttc::MqttOptions::new(client_id, host, port);
                 options.set_keep_alive(keep_alive).set_clean_session(true);
+                if let Some(transport) = tls_transport(&config) {
+                    options.set_transport(transport);
+                }
                 if let Some((u, p)) = creds {
                     options.set_credentials(u, p);
                 }
@@ -747,6 +753,18 @@ fn from_qos4(q: rumqttc::QoS) -> Qos {
         rumqttc::QoS::AtLeastOnce => Qos::AtLeastOnce,
         rumqttc::QoS::ExactlyOnce => Qos::ExactlyOnce,
     }
+}
+
+fn tls_transport(config: &MqttConfig) -> Option<rumqttc::Transport> {
+    let tls = config.tls.as_ref()?;
+    let tls_config = match &tls.ca_pem {
+        Some(ca) => rumqttc::TlsConfiguration::SimpleNative {
+            ca: ca.clone(),
+            client_auth: None,
+        },
+        None => rumqttc::TlsConfiguration::Native,
+    };
+    Some(rumqttc::Transport::Tls(tls_config))
 }
 
 /// Delay before reconnect attempt `attempt` (0-based): doubling from
