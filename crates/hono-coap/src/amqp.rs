@@ -578,7 +578,8 @@ fn message_properties(
         headers.insert("gateway_id".into(), long(gateway));
     }
     for (name, value) in &message.defaults {
-        if name == "content-type" || headers.inner().contains_key(name.as_str()) {
+        // As Hono: content-type and ttl have their own properties.
+        if name == "content-type" || name == "ttl" || headers.inner().contains_key(name.as_str()) {
             continue;
         }
         let Ok(key) = ShortString::try_new(name.as_str()) else {
@@ -944,6 +945,7 @@ mod tests {
         defaults.insert("content-type".into(), "application/json".into());
         defaults.insert("device_id".into(), "spoofed".into());
         defaults.insert("importance".into(), 3.into());
+        defaults.insert("ttl".into(), 30.into());
         let m = DownstreamMessage::new("t", "d", "text/plain", "x", "/telemetry", at)
             .with_gateway("gw")
             .with_ttd(20)
@@ -961,6 +963,7 @@ mod tests {
         );
         assert_eq!(h.get("importance"), Some(&AMQPValue::LongLongInt(3)));
         assert!(!h.contains_key("content-type"));
+        assert!(!h.contains_key("ttl"));
         assert_eq!(p.expiration().as_ref().map(|e| e.as_str()), Some("30000"));
         assert_eq!(*p.timestamp(), Some(1_700_000_000));
         assert_eq!(*p.delivery_mode(), Some(1));

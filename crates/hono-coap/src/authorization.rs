@@ -2,6 +2,7 @@
 //! this adapter? Hono's checks, in Hono's order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::registry::{ADAPTER_TYPE, Device, Registry, RegistryError, Tenant};
 
@@ -82,6 +83,52 @@ pub struct Authorized {
     /// The gateway that sent it on the device's behalf, if any (enabled,
     /// in the device's `via`).
     pub gateway: Option<Arc<Device>>,
+}
+
+impl Authorized {
+    /// The defaults for the device's messages: the tenant's `defaults`
+    /// overlaid with the device's own.
+    pub fn message_defaults(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut merged = self.tenant.defaults.clone();
+        for (k, v) in &self.device.defaults {
+            merged.insert(k.clone(), v.clone());
+        }
+        merged
+    }
+
+    /// The content type for a non-empty payload sent without one:
+    /// `defaults.content-type` (device, then tenant).
+    pub fn default_content_type(&self) -> Option<&str> {
+        self.device
+            .defaults
+            .get("content-type")
+            .or_else(|| self.tenant.defaults.get("content-type"))?
+            .as_str()
+    }
+
+    /// Time-to-live of the device's events: the default `ttl` (device, then
+    /// tenant; seconds) capped by the tenant's `resource-limits.max-ttl`;
+    /// `max-ttl` alone applies when there is no default. `None` = no TTL.
+    pub fn event_ttl(&self) -> Option<Duration> {
+        let default = self
+            .device
+            .defaults
+            .get("ttl")
+            .or_else(|| self.tenant.defaults.get("ttl"))
+            .and_then(serde_json::Value::as_u64);
+        let max = self
+            .tenant
+            .resource_limits
+            .max_ttl
+            .and_then(|m| u64::try_from(m).ok());
+        let secs = match (default, max) {
+            (Some(d), Some(m)) => d.min(m),
+            (Some(d), None) => d,
+            (None, Some(m)) => m,
+            (None, None) => return None,
+        };
+        Some(Duration::from_secs(secs))
+    }
 }
 
 /// Checks, in Hono's order, that `device_id` of `tenant_id` may send through
@@ -199,6 +246,37 @@ mod tests {
         let ok = authorize(&r, "ok", "dev", Some("gw")).await.unwrap();
         assert_eq!(ok.gateway.unwrap().device_id, "gw");
         assert_eq!(ok.device.device_id, "dev");
+    }
+
+    #[tokio::test]
+    async fn defaults_and_ttl_merge_tenant_and_device() {
+        let r = registry(
+            r#"{"tenants": [
+                 {"tenant-id": "t", "defaults": {"content-type": "text/plain", "ttl": 120, "site": "a"},
+                  "resource-limits": {"max-ttl": 60}},
+                 {"tenant-id": "u", "defaults": {"ttl": 30}},
+                 {"tenant-id": "v", "resource-limits": {"max-ttl": -1}}],
+               "devices": [
+                 {"tenant-id": "t", "device-id": "own", "defaults": {"content-type": "application/json", "ttl": 10}},
+                 {"tenant-id": "t", "device-id": "plain"},
+                 {"tenant-id": "u", "device-id": "d"},
+                 {"tenant-id": "v", "device-id": "d"}]}"#,
+        );
+        let own = authorize(&r, "t", "own", None).await.unwrap();
+        assert_eq!(own.default_content_type(), Some("application/json"));
+        assert_eq!(own.event_ttl(), Some(Duration::from_secs(10)));
+        let merged = own.message_defaults();
+        assert_eq!(merged.get("site").and_then(|v| v.as_str()), Some("a"));
+        assert_eq!(merged.get("ttl").and_then(|v| v.as_u64()), Some(10));
+        let plain = authorize(&r, "t", "plain", None).await.unwrap();
+        assert_eq!(plain.default_content_type(), Some("text/plain"));
+        // tenant default 120 s capped by max-ttl 60 s
+        assert_eq!(plain.event_ttl(), Some(Duration::from_secs(60)));
+        let u = authorize(&r, "u", "d", None).await.unwrap();
+        assert_eq!(u.event_ttl(), Some(Duration::from_secs(30)));
+        assert_eq!(u.default_content_type(), None);
+        let v = authorize(&r, "v", "d", None).await.unwrap();
+        assert_eq!(v.event_ttl(), None);
     }
 
     #[tokio::test]

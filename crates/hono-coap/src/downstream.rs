@@ -137,8 +137,10 @@ pub struct DownstreamMessage {
     /// When the adapter received the message (header `creation-time`,
     /// property `timestamp`).
     pub creation_time: SystemTime,
-    /// The device's registered `defaults`, added as headers (a header the
-    /// adapter sets itself is not overridden; `content-type` is not added).
+    /// The device's `defaults` (see [`crate::Authorized::message_defaults`]),
+    /// added as headers; a header the adapter sets itself is not overridden,
+    /// and `content-type` and `ttl` are not added (they have their own
+    /// fields).
     pub defaults: serde_json::Map<String, serde_json::Value>,
 }
 

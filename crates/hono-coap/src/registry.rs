@@ -181,6 +181,10 @@ pub struct Tenant {
     /// Upper bound of a device's `hono-ttd`, seconds. Default: 60.
     #[serde(default)]
     pub max_ttd: Option<u32>,
+    /// Default properties for all devices of the tenant (e.g.
+    /// `content-type`, `ttl`); a device's own `defaults` take precedence.
+    #[serde(default)]
+    pub defaults: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_true() -> bool {
