@@ -264,24 +264,19 @@ impl ClientConfig {
         let identity = self.identity.clone();
         let key = self.key.clone();
         builder.set_psk_client_callback(move |_ssl, _hint, identity_out, psk_out| {
-            // The identity is written as a C string.
-            let (Some(id_dst), Some(nul)) =
-                (identity_out.get_mut(..identity.len()), Some(identity.len()))
-            else {
+            // The identity is written as a NUL-terminated C string.
+            let (Some(identity_dst), Some(key_dst)) = (
+                identity_out.get_mut(..=identity.len()),
+                psk_out.get_mut(..key.len()),
+            ) else {
                 return Ok(0);
             };
-            id_dst.copy_from_slice(&identity);
-            match identity_out.get_mut(nul) {
-                Some(byte) => *byte = 0,
-                None => return Ok(0),
+            if let Some((nul, dst)) = identity_dst.split_last_mut() {
+                dst.copy_from_slice(&identity);
+                *nul = 0;
             }
-            match psk_out.get_mut(..key.len()) {
-                Some(dst) => {
-                    dst.copy_from_slice(&key);
-                    Ok(key.len())
-                }
-                None => Ok(0),
-            }
+            key_dst.copy_from_slice(&key);
+            Ok(key.len())
         });
         Ok(builder.build())
     }

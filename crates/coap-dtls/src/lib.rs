@@ -91,7 +91,7 @@ pub use config::{
     ServerConfig,
 };
 pub use server::{DtlsServer, MAX_PLAINTEXT, ServerEvent};
-pub use socket::{Datagram, DtlsClient, DtlsSocket, SocketError};
+pub use socket::{Datagram, DtlsClient, DtlsSocket, SocketError, SocketEvent};
 pub use stats::{DropReason, DroppedDatagrams, HandshakeFailure, HandshakeFailures, ServerStats};
 
 /// A datagram to send on the socket.

@@ -214,11 +214,17 @@ impl DtlsServer {
     /// past their deadline or retransmission bound, and evicts idle
     /// sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Take the due entries first: each session is visited once per call
+        // even if OpenSSL reports its timer as already expired again.
+        let mut due = Vec::new();
         while let Some(&(deadline, peer)) = self.timers.first() {
             if deadline > now {
                 break;
             }
             self.timers.remove(&(deadline, peer));
+            due.push(peer);
+        }
+        for peer in due {
             let Some(session) = self.sessions.get_mut(&peer) else {
                 continue;
             };

@@ -29,6 +29,31 @@ pub struct Datagram {
     pub bytes: Bytes,
 }
 
+/// What [`DtlsSocket::recv_event`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SocketEvent {
+    /// A decrypted datagram.
+    Data(Datagram),
+    /// A handshake finished.
+    SessionEstablished {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// The authenticated PSK identity.
+        identity: Bytes,
+    },
+    /// An established session ended (per-peer state kept above this layer
+    /// can go).
+    SessionClosed {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// The session's PSK identity.
+        identity: Bytes,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
 /// Errors of the tokio drivers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -53,8 +78,8 @@ pub enum SocketError {
     DriverStopped,
 }
 
-/// Capacity of the queue of decrypted datagrams waiting for `recv`; when
-/// full, further datagrams are dropped and counted
+/// Capacity of the queue of events waiting for `recv`/`recv_event`; when
+/// full, further events are dropped and counted
 /// (`dropped.receive_queue_full`).
 const RECEIVE_QUEUE: usize = 4096;
 
@@ -62,11 +87,14 @@ const RECEIVE_QUEUE: usize = 4096;
 ///
 /// A background task owns the receive side and the timer; `send_to` encrypts
 /// under a short lock and sends directly. Dropping the `DtlsSocket` stops the
-/// task. Session events (established/closed) are reflected in
-/// [`stats`](Self::stats); `recv` yields data only.
+/// task.
+///
+/// Use either [`recv`](Self::recv) (data only; session events are skipped)
+/// or [`recv_event`](Self::recv_event) (data and session
+/// established/closed), from one consumer.
 pub struct DtlsSocket {
     shared: Arc<Shared>,
-    data: tokio::sync::Mutex<mpsc::Receiver<Datagram>>,
+    events: tokio::sync::Mutex<mpsc::Receiver<SocketEvent>>,
     local_addr: SocketAddr,
     task: JoinHandle<()>,
 }
@@ -107,7 +135,7 @@ impl DtlsSocket {
         let task = tokio::spawn(drive_server(Arc::clone(&shared), tx));
         Ok(DtlsSocket {
             shared,
-            data: tokio::sync::Mutex::new(rx),
+            events: tokio::sync::Mutex::new(rx),
             local_addr,
             task,
         })
@@ -118,9 +146,18 @@ impl DtlsSocket {
         self.local_addr
     }
 
-    /// The next decrypted datagram from any peer.
+    /// The next decrypted datagram from any peer (session events skipped).
     pub async fn recv(&self) -> Result<Datagram, SocketError> {
-        self.data
+        loop {
+            if let SocketEvent::Data(datagram) = self.recv_event().await? {
+                return Ok(datagram);
+            }
+        }
+    }
+
+    /// The next decrypted datagram or session event.
+    pub async fn recv_event(&self) -> Result<SocketEvent, SocketError> {
+        self.events
             .lock()
             .await
             .recv()
@@ -184,7 +221,7 @@ fn drain_transmits(server: &mut DtlsServer) -> Vec<Transmit> {
 }
 
 /// The receive/timer loop of a `DtlsSocket`.
-async fn drive_server(shared: Arc<Shared>, data: mpsc::Sender<Datagram>) {
+async fn drive_server(shared: Arc<Shared>, events: mpsc::Sender<SocketEvent>) {
     let mut buf = vec![0u8; 65_536];
     loop {
         let deadline = shared.lock().poll_timeout();
@@ -206,12 +243,12 @@ async fn drive_server(shared: Arc<Shared>, data: mpsc::Sender<Datagram>) {
                 };
                 let mut server = shared.lock();
                 server.handle_datagram(Instant::now(), peer, buf.get(..n).unwrap_or(&[]));
-                collect(&shared, &mut server, &data)
+                collect(&shared, &mut server, &events)
             }
             () = sleep => {
                 let mut server = shared.lock();
                 server.handle_timeout(Instant::now());
-                collect(&shared, &mut server, &data)
+                collect(&shared, &mut server, &events)
             }
         };
         for transmit in transmits {
@@ -225,32 +262,38 @@ async fn drive_server(shared: Arc<Shared>, data: mpsc::Sender<Datagram>) {
 fn collect(
     shared: &Shared,
     server: &mut DtlsServer,
-    data: &mpsc::Sender<Datagram>,
+    events: &mpsc::Sender<SocketEvent>,
 ) -> Vec<Transmit> {
     while let Some(event) = server.poll_event() {
-        match event {
+        let event = match event {
             ServerEvent::Data {
                 peer,
                 identity,
                 bytes,
-            } => {
-                if data
-                    .try_send(Datagram {
-                        peer,
-                        identity,
-                        bytes,
-                    })
-                    .is_err()
-                {
-                    shared.receive_queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            } => SocketEvent::Data(Datagram {
+                peer,
+                identity,
+                bytes,
+            }),
             ServerEvent::SessionEstablished { peer, identity } => {
                 tracing::debug!(%peer, identity = %String::from_utf8_lossy(&identity), "DTLS session established");
+                SocketEvent::SessionEstablished { peer, identity }
             }
-            ServerEvent::SessionClosed { peer, reason, .. } => {
+            ServerEvent::SessionClosed {
+                peer,
+                identity,
+                reason,
+            } => {
                 tracing::debug!(%peer, ?reason, "DTLS session closed");
+                SocketEvent::SessionClosed {
+                    peer,
+                    identity,
+                    reason,
+                }
             }
+        };
+        if events.try_send(event).is_err() {
+            shared.receive_queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
     drain_transmits(server)

@@ -147,3 +147,44 @@ async fn unknown_identity_and_wrong_key_fail_to_connect() {
     assert_eq!(stats.handshakes_completed, 0);
     assert_eq!(stats.handshakes_failed.unknown_identity, 1, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_events_reach_recv_event() {
+    let server = DtlsSocket::bind("127.0.0.1:0".parse().unwrap(), server_config())
+        .await
+        .unwrap();
+    let mut client = DtlsClient::connect(&connector(IDENTITY, KEY), server.local_addr())
+        .await
+        .unwrap();
+    let next = || async {
+        tokio::time::timeout(Duration::from_secs(2), server.recv_event())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let peer = match next().await {
+        coap_dtls::SocketEvent::SessionEstablished { peer, identity } => {
+            assert_eq!(identity.as_ref(), IDENTITY);
+            peer
+        }
+        other => panic!("{other:?}"),
+    };
+    client.send(b"one").await.unwrap();
+    match next().await {
+        coap_dtls::SocketEvent::Data(dg) => {
+            assert_eq!(dg.peer, peer);
+            assert_eq!(dg.bytes.as_ref(), b"one");
+        }
+        other => panic!("{other:?}"),
+    }
+    client.close().await.unwrap();
+    match next().await {
+        coap_dtls::SocketEvent::SessionClosed {
+            peer: p, reason, ..
+        } => {
+            assert_eq!(p, peer);
+            assert_eq!(reason, coap_dtls::CloseReason::CloseNotify);
+        }
+        other => panic!("{other:?}"),
+    }
+}
