@@ -1,28 +1,4 @@
-//! The [`Downstream`] on RabbitMQ (AMQP 0-9-1, via `lapin`).
-//!
-//! Topology (prefix default `hono`), declared on every (re)connect:
-//! ```text
-//! {prefix}.telemetry         direct, durable   key {tenant}          <- adapter (mandatory)
-//! {prefix}.event             direct, durable   key {tenant}          <- adapter (mandatory, persistent)
-//!   └─ {prefix}.event.{tenant}  durable queue, declared on first event of a tenant
-//! {prefix}.command           direct, durable   key {tenant}/{device} <- applications
-//!   └─ {prefix}.command.{instance}  exclusive auto-delete queue of this adapter,
-//!                                  bound per waiting device
-//! {prefix}.command_response  direct, durable   key = reply_to        <- adapter (mandatory)
-//! ```
-//!
-//! One supervisor task owns the connection: it connects, declares the
-//! topology, re-binds the devices currently waiting, consumes commands and,
-//! when the connection or a channel breaks, tears everything down and
-//! reconnects with exponential back-off. While it is down every send fails
-//! at once with [`DownstreamError::Unavailable`].
-//!
-//! Publishing uses one channel in confirm mode. A QoS 1 send waits for the
-//! broker's confirm (bounded by [`AmqpConfig::confirm_timeout`]); a message
-//! the broker returned as unroutable (`mandatory`, no queue bound) is
-//! reported as [`DownstreamError::Unroutable`]. QoS 0 sends do not wait: a
-//! small task awaits and discards their confirms (lapin would otherwise keep
-//! dropped confirms until the next `wait_for_confirms`).
+//! The AMQP 0-9-1 (RabbitMQ) downstream; see [`AmqpDownstream`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -121,7 +97,40 @@ impl AmqpConfig {
     }
 }
 
-/// See the [module documentation](self).
+/// The [`Downstream`] on RabbitMQ (AMQP 0-9-1, via `lapin`).
+///
+/// Topology (prefix default `hono`), declared on every (re)connect:
+/// ```text
+/// {prefix}.telemetry         direct, durable   key {tenant}          <- adapter (mandatory)
+/// {prefix}.event             direct, durable   key {tenant}          <- adapter (mandatory, persistent)
+///   └─ {prefix}.event.{tenant}  durable queue, declared on first event of a tenant
+/// {prefix}.command           direct, durable   key {tenant}/{device} <- applications
+///   └─ {prefix}.command.{instance}  exclusive auto-delete queue of this adapter,
+///                                  bound per waiting device
+/// {prefix}.command_response  direct, durable   key = reply_to        <- adapter (mandatory)
+/// ```
+///
+/// One supervisor task owns the connection: it connects, declares the
+/// topology, re-binds the devices currently waiting, consumes commands and,
+/// when the connection or a channel breaks, tears everything down and
+/// reconnects with exponential back-off. While it is down every send fails
+/// at once with [`DownstreamError::Unavailable`].
+///
+/// Publishing uses one channel in confirm mode. A QoS 1 send waits for the
+/// broker's confirm (bounded by [`AmqpConfig::confirm_timeout`]); a message
+/// the broker returned as unroutable (`mandatory`, no queue bound) is
+/// reported as [`DownstreamError::Unroutable`]. QoS 0 sends do not wait: a
+/// small task awaits and discards their confirms (lapin would otherwise keep
+/// dropped confirms until the next `wait_for_confirms`).
+///
+/// Commands: applications publish to `{prefix}.command` with routing key
+/// `{tenant}/{device}`, the command name in header `subject` (or the `type`
+/// property), `correlation_id` and `reply_to` for request-response commands
+/// (`message_id` stands in for a missing `correlation_id`), and should set
+/// `mandatory` (a returned command means the device is not waiting). A
+/// command that finds no waiting device here, or one that already has an
+/// untaken command, is answered with status 503; one without a name, or whose
+/// ids do not fit a request id, with 400 (only if it has `reply_to`).
 ///
 /// Dropping it stops the supervisor task and closes the connection.
 #[derive(Debug)]

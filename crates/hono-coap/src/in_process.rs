@@ -1,12 +1,4 @@
-//! A [`Downstream`] on in-process channels, for embedding the adapter in a
-//! Rust service and for testing the CoAP layer without a broker.
-//!
-//! It mirrors the AMQP semantics: telemetry with no consumer for its tenant
-//! is unroutable (reported for QoS 1, silently dropped for QoS 0); events
-//! with no consumer are kept (bounded) and handed to the next consumer of the
-//! tenant, like the durable event queue; command responses with no consumer
-//! for their `reply_to` are unroutable; commands with no waiting device are
-//! unroutable for the application.
+//! The in-process downstream; see [`InProcessDownstream`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -37,7 +29,15 @@ pub struct InProcessMessage {
     pub message: DownstreamMessage,
 }
 
-/// See the [module documentation](self).
+/// A [`Downstream`] on in-process channels, for embedding the adapter in a
+/// Rust service and for testing the CoAP layer without a broker.
+///
+/// It mirrors the AMQP semantics: telemetry with no consumer for its tenant
+/// is unroutable (reported for QoS 1, silently dropped for QoS 0); events
+/// with no consumer are kept (bounded) and handed to the next consumer of the
+/// tenant, like the durable event queue; command responses with no consumer
+/// for their `reply_to` are unroutable; commands with no waiting device are
+/// unroutable for the application.
 #[derive(Debug)]
 pub struct InProcessDownstream {
     available: AtomicBool,

@@ -17,9 +17,21 @@
 //! responses — the CoAP resource layer (built on `coap-endpoint`) calls into
 //! this crate and owns the wire reactions.
 //!
+//! Errors and the CoAP code the resource layer answers with:
+//!
+//! | error | CoAP |
+//! | --- | --- |
+//! | [`AuthorizationError`] `TenantDisabled`, `AdapterDisabled`, `GatewayNotAuthorized`, `GatewayDisabled` | 4.03 |
+//! | [`AuthorizationError`] `TenantUnknown`, `DeviceUnknown`, `DeviceDisabled` | 4.04 |
+//! | [`PayloadTooLarge`] | 4.13 |
+//! | [`DataVolumeExceeded`] | 4.29 |
+//! | [`RequestIdError`] (device-presented request id) | 4.00 |
+//! | [`DownstreamError::Invalid`] | 4.00 |
+//! | [`DownstreamError::Unroutable`], [`DownstreamError::Unavailable`], [`AuthorizationError`] `Registry` | 5.03 |
+//!
 //! Data flow (one telemetry request with `hono-ttd`):
 //! ```text
-//! DTLS PSK callback --Registry::psk--> key        (sync, in-memory snapshot)
+//! DTLS PSK callback --Registry::psk_for_identity--> key   (sync, in-memory snapshot)
 //! CoAP request --authorize()--> Authorized{tenant, device, gateway}
 //!              --DataVolumeMeter::check--> ok | 4.29
 //!              --Downstream::subscribe_commands(tenant, device)--> CommandSubscription

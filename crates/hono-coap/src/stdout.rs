@@ -1,7 +1,4 @@
-//! A [`Downstream`] that prints each telemetry message and event as one
-//! JSON line — the binary's default without `--amqp`, so a first run shows
-//! something. There are no applications behind it: no commands arrive and
-//! command responses are unroutable.
+//! The stdout downstream; see [`StdoutDownstream`].
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -15,7 +12,10 @@ use crate::downstream::{
     DownstreamFuture, DownstreamMessage, EndpointKind, ORIG_ADAPTER, Qos,
 };
 
-/// See the [module documentation](self).
+/// A [`Downstream`] that prints each telemetry message and event as one
+/// JSON line — the binary's default without `--amqp`, so a first run shows
+/// something. There are no applications behind it: no commands arrive and
+/// command responses are unroutable.
 pub struct StdoutDownstream {
     out: Mutex<Box<dyn Write + Send>>,
     router: CommandRouter,
