@@ -167,7 +167,11 @@ async fn mqtt_311_publishes_and_subscribes() {
 async fn broker_messages_fan_out_to_local_subscribers_with_wildcards() {
     let url = mqtt_url();
     let p = unique_prefix("fan");
-    let (broker, mut rx) = started(MqttConfig::from_url(&url).unwrap()).await;
+    // One connection, so overlapping filters share it: MQTT 5 subscription
+    // identifiers must keep the broker's per-subscription copies apart.
+    let mut config = MqttConfig::from_url(&url).unwrap();
+    config.session = SessionModel::Shared { connections: 1 };
+    let (broker, mut rx) = started(config).await;
     let c = ClientInfo::default();
     broker
         .subscribe(

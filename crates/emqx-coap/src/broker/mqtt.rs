@@ -133,6 +133,9 @@ pub struct MqttConfig {
     pub request_capacity: usize,
     /// Messages queued per local subscriber. Default is 100.
     pub queue_capacity: usize,
+    /// Most (filter, subscriber) pairs per MQTT connection; more fail with
+    /// [`BrokerError::Limit`]. Default is 1 000 000.
+    pub max_subscriptions: usize,
 }
 
 impl MqttConfig {
@@ -169,6 +172,7 @@ impl MqttConfig {
             reconnect_max: Duration::from_secs(5),
             request_capacity: 1024,
             queue_capacity: 100,
+            max_subscriptions: 1_000_000,
         })
     }
 }
@@ -560,6 +564,83 @@ mod tests {
         assert!(MqttConfig::from_url("http://x").is_err());
         assert!(MqttConfig::from_url("mqtt://x:notaport").is_err());
         assert!(MqttConfig::from_url("mqtt://:1883").is_err());
+    }
+
+    /// A scripted peer that accepts one MQTT 5 connection, answers CONNACK,
+    /// reads the first PUBLISH and then either closes the connection or
+    /// stays silent.
+    async fn silent_broker(close_after_publish: bool) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await.unwrap();
+            // CONNACK: no session present, success, no properties.
+            socket
+                .write_all(&[0x20, 0x03, 0x00, 0x00, 0x00])
+                .await
+                .unwrap();
+            let _ = socket.read(&mut buf).await;
+            if close_after_publish {
+                drop(socket);
+                std::future::pending::<()>().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        });
+        port
+    }
+
+    fn config_for(port: u16) -> MqttConfig {
+        let mut config = MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}")).unwrap();
+        config.session = SessionModel::Shared { connections: 1 };
+        config.ack_timeout = Duration::from_millis(300);
+        config.unavailable_wait = Duration::from_millis(300);
+        config.reconnect_min = Duration::from_secs(10);
+        config
+    }
+
+    #[tokio::test]
+    async fn connection_lost_before_puback_is_not_a_success() {
+        let port = silent_broker(true).await;
+        let (broker, _rx) = MqttBroker::start(config_for(port));
+        broker.wait_ready(Duration::from_secs(2)).await.unwrap();
+        let started = std::time::Instant::now();
+        let topic = TopicName::new("t").unwrap();
+        let result = broker
+            .publish(
+                &ClientInfo::default(),
+                Publish::new(topic, "p").qos(Qos::AtLeastOnce),
+            )
+            .await;
+        assert!(
+            matches!(&result, Err(BrokerError::Unavailable(m)) if m.contains("lost")),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "failed at once, not by timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_puback_times_out_as_unavailable() {
+        let port = silent_broker(false).await;
+        let (broker, _rx) = MqttBroker::start(config_for(port));
+        broker.wait_ready(Duration::from_secs(2)).await.unwrap();
+        let topic = TopicName::new("t").unwrap();
+        let result = broker
+            .publish(
+                &ClientInfo::default(),
+                Publish::new(topic, "p").qos(Qos::ExactlyOnce),
+            )
+            .await;
+        assert!(
+            matches!(&result, Err(BrokerError::Unavailable(m)) if m.contains("no acknowledgement")),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]

@@ -79,6 +79,8 @@ struct LinkState {
     subscribing: HashMap<String, Vec<Waiter>>,
     subscriptions: LocalSubscriptions,
     next_tag: u32,
+    /// Whether SUBSCRIBE carries our tag as Subscription Identifier.
+    subscription_ids: bool,
     probes: Vec<Probe>,
 }
 
@@ -103,7 +105,11 @@ struct Shared {
 
 /// What the event loop reports, independent of the MQTT version.
 enum LinkEvent {
-    ConnAck,
+    /// Connected; `subscription_ids` is false when the broker said it does
+    /// not support MQTT 5 Subscription Identifiers (and for MQTT 3.1.1).
+    ConnAck {
+        subscription_ids: bool,
+    },
     OutPublish(u16),
     OutAwaitAck(u16),
     OutSubscribe(u16),
@@ -157,6 +163,7 @@ impl Link {
             subscribing: HashMap::new(),
             subscriptions: LocalSubscriptions::default(),
             next_tag: 1,
+            subscription_ids: false,
             probes: Vec::new(),
         });
         match config.protocol {
@@ -312,12 +319,19 @@ impl Link {
                     return Err(BrokerError::Unavailable("connection closed".into()));
                 }
                 if state.up {
+                    if state.subscriptions.len() >= self.shared.config.max_subscriptions {
+                        return Err(BrokerError::Limit("subscriptions"));
+                    }
                     let tag = state.take_tag();
                     let added = state
                         .subscriptions
                         .add(clientid, subscriber, filter, qos, tag);
                     if added.first_for_filter {
-                        if let Err(e) = self.shared.client.try_subscribe(filter, tag) {
+                        if let Err(e) = self
+                            .shared
+                            .client
+                            .try_subscribe(filter, state.subscription_ids.then_some(tag))
+                        {
                             state.subscriptions.remove(subscriber, filter);
                             return Err(e);
                         }
@@ -408,7 +422,9 @@ impl Link {
                         Some(tag) => tag,
                         None => state.take_tag(),
                     };
-                    self.shared.client.try_subscribe(topic, tag)?;
+                    self.shared
+                        .client
+                        .try_subscribe(topic, state.subscription_ids.then_some(tag))?;
                     let (tx, rx) = oneshot::channel();
                     state
                         .awaiting_pkid
@@ -527,11 +543,12 @@ impl Shared {
     fn handle(&self, event: LinkEvent) -> bool {
         let mut state = self.lock();
         match event {
-            LinkEvent::ConnAck => {
+            LinkEvent::ConnAck { subscription_ids } => {
                 if state.closed {
                     return false;
                 }
                 state.up = true;
+                state.subscription_ids = subscription_ids;
                 // Clean session: the broker forgot our subscriptions.
                 let filters: Vec<(String, u32)> = state
                     .subscriptions
@@ -539,7 +556,10 @@ impl Shared {
                     .map(|(f, tag)| (f.to_owned(), tag))
                     .collect();
                 for (filter, tag) in filters {
-                    match self.client.try_subscribe(&filter, tag) {
+                    match self
+                        .client
+                        .try_subscribe(&filter, state.subscription_ids.then_some(tag))
+                    {
                         Ok(()) => state.awaiting_pkid.push_back(Pending::Subscribe(None)),
                         Err(e) => {
                             warn!(filter, error = %e, "could not re-subscribe after reconnect")
@@ -683,13 +703,14 @@ impl LinkClient {
         result.map_err(|e| BrokerError::Unavailable(format!("MQTT request queue: {e}")))
     }
 
-    fn try_subscribe(&self, filter: &str, tag: u32) -> Result<(), BrokerError> {
+    /// `tag`: the Subscription Identifier to send, if the broker supports them.
+    fn try_subscribe(&self, filter: &str, tag: Option<u32>) -> Result<(), BrokerError> {
         // The broker-level subscription is QoS 2; each local subscriber gets
         // min(message QoS, its own QoS).
         let result = match self {
             Self::V5(c) => {
                 let properties = p5::SubscribeProperties {
-                    id: Some(tag as usize),
+                    id: tag.map(|t| t as usize),
                     user_properties: Vec::new(),
                 };
                 c.try_subscribe_many_with_properties(
@@ -777,7 +798,12 @@ fn convert_v5(event: rumqttc::v5::Event) -> LinkEvent {
     use rumqttc::Outgoing;
     use rumqttc::v5::{Event, Incoming};
     match event {
-        Event::Incoming(Incoming::ConnAck(_)) => LinkEvent::ConnAck,
+        Event::Incoming(Incoming::ConnAck(ack)) => LinkEvent::ConnAck {
+            subscription_ids: ack
+                .properties
+                .and_then(|p| p.subscription_identifiers_available)
+                != Some(0),
+        },
         Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::PubAck(
             ack.pkid,
             match ack.reason {
@@ -858,7 +884,7 @@ async fn drive_v5(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::v5::Eve
         match polled {
             Ok(event) => {
                 let event = convert_v5(event);
-                if matches!(event, LinkEvent::ConnAck) {
+                if matches!(event, LinkEvent::ConnAck { .. }) {
                     attempt = 0;
                 }
                 if !shared.handle(event) {
@@ -920,7 +946,9 @@ async fn drive_v5(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::v5::Eve
 fn convert_v4(event: rumqttc::Event) -> LinkEvent {
     use rumqttc::{Event, Incoming, Outgoing, SubscribeReasonCode};
     match event {
-        Event::Incoming(Incoming::ConnAck(_)) => LinkEvent::ConnAck,
+        Event::Incoming(Incoming::ConnAck(_)) => LinkEvent::ConnAck {
+            subscription_ids: false,
+        },
         Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::PubAck(ack.pkid, Ok(())),
         Event::Incoming(Incoming::PubComp(comp)) => LinkEvent::PubComp(comp.pkid, Ok(())),
         Event::Incoming(Incoming::SubAck(ack)) => {
@@ -959,7 +987,7 @@ async fn drive_v4(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::EventLo
         match polled {
             Ok(event) => {
                 let event = convert_v4(event);
-                if matches!(event, LinkEvent::ConnAck) {
+                if matches!(event, LinkEvent::ConnAck { .. }) {
                     attempt = 0;
                 }
                 if !shared.handle(event) {
