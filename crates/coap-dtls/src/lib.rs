@@ -36,6 +36,36 @@
 //!                                                        identity, bytes}, ...
 //! ```
 //!
+//! # Use
+//!
+//! ```no_run
+//! use std::collections::HashMap;
+//! use std::sync::Arc;
+//!
+//! use coap_dtls::{ClientConfig, DtlsClient, DtlsConnector, DtlsSocket, ServerConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Server: keys answered from memory; anything implementing `PskStore`.
+//! let mut keys = HashMap::new();
+//! keys.insert(b"sensor1@DEFAULT_TENANT".to_vec(), b"hono-secret".to_vec());
+//! let server = DtlsSocket::bind("0.0.0.0:5684".parse()?, ServerConfig::new(Arc::new(keys))).await?;
+//! tokio::spawn(async move {
+//!     while let Ok(datagram) = server.recv().await {
+//!         // datagram.identity authenticated datagram.peer; reply in plaintext.
+//!         let _ = server.send_to(datagram.peer, &datagram.bytes).await;
+//!     }
+//! });
+//!
+//! // Client.
+//! let connector = DtlsConnector::new(ClientConfig::new("sensor1@DEFAULT_TENANT", "hono-secret"))?;
+//! let mut client = DtlsClient::connect(&connector, "127.0.0.1:5684".parse()?).await?;
+//! client.send(b"hello").await?;
+//! let echoed = client.recv().await?;
+//! # let _ = echoed;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Security notes
 //!
 //! - **Cookie before state** (RFC 6347 §4.2.1): a ClientHello without a
@@ -66,9 +96,14 @@
 //!
 //! DTLS Connection ID (RFC 9146) is not implemented by OpenSSL 3.0, so a
 //! session is bound to the peer's address; a client whose address changes
-//! (NAT rebinding) must handshake again. Its new ClientHello (with a cookie)
-//! replaces nothing at the new address and the old session ages out.
-//! Session resumption is not offered.
+//! (NAT rebinding) must handshake again: its new ClientHello goes through the
+//! cookie exchange at the new address, and the old session ages out
+//! (`idle_timeout`). A PSK handshake is cheap (no public-key operation
+//! unless an ECDHE-PSK suite is chosen; about 0.2 ms of CPU on loopback),
+//! so this is the "cheap address change". Session resumption is
+//! deliberately not offered: it would let a client whose identity was
+//! removed from the [`PskStore`] resume without a new key lookup, and the
+//! server-side session cache would cost memory per peer.
 #![warn(missing_docs, unreachable_pub)]
 
 mod client;

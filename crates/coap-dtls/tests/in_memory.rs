@@ -642,3 +642,52 @@ fn a_cookie_is_bound_to_the_address_it_was_issued_to() {
     h.server.handle_datagram(t0, addr(1), &with_cookie);
     assert_eq!(h.server.stats().handshakes_started, 1);
 }
+
+#[test]
+fn handshakes_complete_under_random_loss() {
+    // 20 % loss in both directions, several seeds, several peers at once.
+    // With 8 retransmissions a flight exchange fails with probability
+    // 0.36^9 ≈ 1e-4.
+    let patient = coap_dtls::Retransmission {
+        max_retransmissions: 8,
+        ..fast_retransmission()
+    };
+    for seed in 1..=4u64 {
+        let mut config = server_config();
+        config.retransmission = patient;
+        let mut h = Harness::new(config);
+        let mut client_config = coap_dtls::ClientConfig::new(IDENTITY, KEY);
+        client_config.retransmission = patient;
+        let conn = coap_dtls::DtlsConnector::new(client_config).unwrap();
+        let mut a = h.peer(addr(1), &conn);
+        let mut b = h.peer(addr(2), &conn);
+        let mut c = h.peer(addr(3), &conn);
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut lost = 0;
+        let done = h.run_until(
+            &mut [&mut a, &mut b, &mut c],
+            Duration::from_secs(5),
+            |_, _| {
+                // xorshift64
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let keep = state % 5 != 0;
+                lost += usize::from(!keep);
+                keep
+            },
+            |_, peers| peers.iter().all(|p| p.session.is_established()),
+        );
+        let stats = h.server.stats();
+        assert!(
+            done,
+            "seed {seed}: {stats:?}\n a {:?}\n b {:?}\n c {:?}",
+            a.events, b.events, c.events
+        );
+        assert!(lost > 0, "seed {seed} lost nothing");
+        // Every handshake that completed on the client completed on the
+        // server too, or is about to (its last flight may still be in
+        // flight); none failed.
+        assert_eq!(stats.handshakes_failed.total(), 0, "seed {seed}: {stats:?}");
+    }
+}
