@@ -21,6 +21,23 @@ use crate::downstream::{
     DownstreamFuture, DownstreamMessage, EndpointKind, ORIG_ADAPTER, Qos, command_routing_key,
 };
 
+/// An [`AmqpConfig`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AmqpConfigError {
+    /// The broker URL does not parse.
+    #[error("invalid AMQP URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Exchange names (`{prefix}.command_response`) would exceed 255 bytes.
+    #[error("exchange prefix too long")]
+    PrefixTooLong,
+}
+
 /// Settings of the AMQP downstream.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -175,9 +192,22 @@ struct Live {
 impl AmqpDownstream {
     /// Starts connecting in the background and returns at once; sends fail
     /// with [`DownstreamError::Unavailable`] until the connection is up (see
-    /// [`wait_ready`](Self::wait_ready)). Must be called inside a tokio
-    /// runtime.
-    pub fn start(config: AmqpConfig) -> Self {
+    /// [`wait_ready`](Self::wait_ready)). A broker that cannot be reached is
+    /// retried forever; a URL that cannot be parsed is an error here. Must
+    /// be called inside a tokio runtime.
+    pub fn start(config: AmqpConfig) -> Result<Self, AmqpConfigError> {
+        config
+            .url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|reason| AmqpConfigError::InvalidUrl {
+                url: redact(&config.url),
+                reason,
+            })?;
+        for name in ["telemetry", "event", "command", "command_response"] {
+            if ShortString::try_new(config.exchange(name)).is_err() {
+                return Err(AmqpConfigError::PrefixTooLong);
+            }
+        }
         let instance: u64 = rand::random();
         let command_queue = format!(
             "{}.command.{}-{instance:016x}",
@@ -195,7 +225,7 @@ impl AmqpDownstream {
         });
         let (stop, stopped) = watch::channel(());
         tokio::spawn(supervise(inner.clone(), stopped));
-        Self { inner, _stop: stop }
+        Ok(Self { inner, _stop: stop })
     }
 
     /// Waits until the connection is up, at most `timeout`; `true` if it is.
@@ -937,6 +967,18 @@ impl Downstream for AmqpDownstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn rejects_unusable_config() {
+        let err = AmqpDownstream::start(AmqpConfig::new("http://user:pw@host")).unwrap_err();
+        assert!(matches!(err, AmqpConfigError::InvalidUrl { .. }));
+        assert!(!err.to_string().contains("pw"), "{err}");
+        let err = AmqpDownstream::start(
+            AmqpConfig::new("amqp://h").with_exchange_prefix("p".repeat(250)),
+        )
+        .unwrap_err();
+        assert_eq!(err, AmqpConfigError::PrefixTooLong);
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -54,7 +54,7 @@ mod registry;
 mod request_id;
 mod stdout;
 
-pub use amqp::{AmqpConfig, AmqpDownstream};
+pub use amqp::{AmqpConfig, AmqpConfigError, AmqpDownstream};
 pub use authorization::{AuthorizationError, Authorized, authorize};
 pub use downstream::{
     Command, CommandResponse, CommandSubscription, Downstream, DownstreamError, DownstreamFuture,

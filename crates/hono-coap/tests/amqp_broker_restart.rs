@@ -164,7 +164,8 @@ async fn survives_a_broker_restart_without_losing_confirmed_events() {
             .with_exchange_prefix(&prefix)
             .with_confirm_timeout(Duration::from_secs(2))
             .with_reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500)),
-    );
+    )
+    .unwrap();
     assert!(downstream.wait_ready(Duration::from_secs(10)).await);
     let mut sub = downstream.subscribe_commands(tenant, "4711").await.unwrap();
 

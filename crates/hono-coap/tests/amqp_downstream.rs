@@ -29,7 +29,7 @@ async fn adapter(prefix: &str) -> AmqpDownstream {
 }
 
 async fn adapter_with(config: AmqpConfig) -> AmqpDownstream {
-    let d = AmqpDownstream::start(config);
+    let d = AmqpDownstream::start(config).unwrap();
     assert!(
         d.wait_ready(WAIT).await,
         "adapter did not connect to {}",
@@ -309,7 +309,19 @@ async fn commands_reach_the_instance_that_bound_the_device() {
             .await
     );
 
+    // Dropping an instance closes its connection: its exclusive command
+    // queue disappears.
+    let queue_a = instance_a.command_queue().to_owned();
+    assert!(support::queue_exists(&app.connection, &queue_a).await);
     drop(instance_a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while support::queue_exists(&app.connection, &queue_a).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "command queue of a dropped instance is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(instance_b);
     app.cleanup(&[]).await;
 }

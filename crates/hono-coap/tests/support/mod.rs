@@ -10,6 +10,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
@@ -193,6 +194,33 @@ pub(crate) async fn assert_exchanges_deleted(url: &str, prefix: &str) {
         assert!(found.is_err(), "exchange {prefix}.{e} was left behind");
     }
     let _ = connection.close(200, "checked".into()).await;
+}
+
+/// Whether a queue exists (passive declaration on a fresh channel; an
+/// exclusive queue of another connection answers RESOURCE_LOCKED).
+pub(crate) async fn queue_exists(connection: &Connection, name: &str) -> bool {
+    let channel = connection.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "checked".into()).await;
+            true
+        }
+        Err(e) => match e.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+                AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => false,
+                AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => true,
+                other => panic!("unexpected answer to a passive declare: {other:?}"),
+            },
+            other => panic!("unexpected error: {other:?}"),
+        },
+    }
 }
 
 /// The next delivery within `timeout`, or `None`.
