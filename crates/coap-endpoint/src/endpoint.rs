@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use coap_codec::option_value::observe;
 use coap_codec::{
-    Block, CodecSettings, Code, EncodeError, Message, MessageRef, MessageType, OptionNumber,
+    Block, Code, CodecSettings, EncodeError, Message, MessageRef, MessageType, OptionNumber,
     encode_uint, peek_header, validate_request,
 };
 
@@ -386,7 +386,9 @@ impl Endpoint {
     fn react(&mut self, now: Instant, peer: &Peer, fault: Fault, request: Option<&MessageRef<'_>>) {
         match wire_reaction(&fault) {
             Reaction::Drop => match fault {
-                Fault::UnknownResponseCode(_) => self.counters.stats.malformed.unknown_response += 1,
+                Fault::UnknownResponseCode(_) => {
+                    self.counters.stats.malformed.unknown_response += 1
+                }
                 _ => self.counters.stats.malformed.dropped += 1,
             },
             Reaction::Reset(mid) => {
@@ -414,7 +416,13 @@ impl Endpoint {
 
     /// Sends a response straight away (piggybacked on the ACK for a CON,
     /// NON with a fresh message id for a NON) and caches it for duplicates.
-    fn reply_direct(&mut self, _now: Instant, peer: &Peer, request: &MessageRef<'_>, mut response: Message) {
+    fn reply_direct(
+        &mut self,
+        _now: Instant,
+        peer: &Peer,
+        request: &MessageRef<'_>,
+        mut response: Message,
+    ) {
         response.token = Bytes::copy_from_slice(request.token());
         let confirmable = request.mtype() == MessageType::Con;
         if confirmable {
@@ -430,7 +438,11 @@ impl Endpoint {
         };
         self.counters.response_out(response.code);
         if confirmable {
-            self.set_exchange_state(peer, request.message_id(), ExchangeState::Answered(bytes.clone()));
+            self.set_exchange_state(
+                peer,
+                request.message_id(),
+                ExchangeState::Answered(bytes.clone()),
+            );
         }
         self.transmits.push_back(Transmit {
             peer: peer.clone(),
@@ -463,7 +475,8 @@ impl Endpoint {
         if msg.code() == Code::GET {
             match msg.observe() {
                 Some(observe::DEREGISTER) => {
-                    if let Some(&relation) = self.relation_index.get(&(peer.clone(), token.clone())) {
+                    if let Some(&relation) = self.relation_index.get(&(peer.clone(), token.clone()))
+                    {
                         self.cancel_relation(relation, Some(CancelReason::Deregistered));
                     }
                 }
@@ -571,21 +584,32 @@ impl Endpoint {
     ) -> Result<Option<(Bytes, Block)>, Message> {
         let max_body = self.config.max_body_size;
         let too_large = || {
-            Message::new(MessageType::Ack, Code::REQUEST_ENTITY_TOO_LARGE, 0)
-                .with_uint_option(OptionNumber::SIZE1, u32::try_from(max_body).unwrap_or(u32::MAX))
+            Message::new(MessageType::Ack, Code::REQUEST_ENTITY_TOO_LARGE, 0).with_uint_option(
+                OptionNumber::SIZE1,
+                u32::try_from(max_body).unwrap_or(u32::MAX),
+            )
         };
         if msg.size1().is_some_and(|s| s as usize > max_body) {
             return Err(too_large());
         }
         let szx = b1.szx.min(self.config.max_szx());
         let payload = msg.payload();
-        let tag = msg.option(OptionNumber::REQUEST_TAG).map(Bytes::copy_from_slice);
+        let tag = msg
+            .option(OptionNumber::REQUEST_TAG)
+            .map(Bytes::copy_from_slice);
         let key: ReassemblyKey = (peer.clone(), tag, uri.to_vec());
 
         if b1.num == 0 && !b1.more {
             // A single-block transfer: nothing to keep.
             self.drop_reassembly(&key);
-            return Ok(Some((Bytes::copy_from_slice(payload), Block { num: 0, more: false, szx })));
+            return Ok(Some((
+                Bytes::copy_from_slice(payload),
+                Block {
+                    num: 0,
+                    more: false,
+                    szx,
+                },
+            )));
         }
         if b1.num == 0 {
             self.drop_reassembly(&key);
@@ -604,17 +628,22 @@ impl Endpoint {
                     body: Vec::new(),
                 },
             );
-            self.reassembly_order.push_back((expires, serial, key.clone()));
+            self.reassembly_order
+                .push_back((expires, serial, key.clone()));
         }
         let Some(assembly) = self.reassemblies.get_mut(&key) else {
             // RFC 7959 §2.5: a block without the start of its body.
-            return Err(Message::new(MessageType::Ack, Code::REQUEST_ENTITY_INCOMPLETE, 0)
-                .with_payload(&b"missing earlier blocks"[..]));
+            return Err(
+                Message::new(MessageType::Ack, Code::REQUEST_ENTITY_INCOMPLETE, 0)
+                    .with_payload(&b"missing earlier blocks"[..]),
+            );
         };
         if assembly.body.len() != b1.offset() {
             self.drop_reassembly(&key);
-            return Err(Message::new(MessageType::Ack, Code::REQUEST_ENTITY_INCOMPLETE, 0)
-                .with_payload(&b"block out of order"[..]));
+            return Err(
+                Message::new(MessageType::Ack, Code::REQUEST_ENTITY_INCOMPLETE, 0)
+                    .with_payload(&b"block out of order"[..]),
+            );
         }
         if assembly.body.len() + payload.len() > max_body {
             self.drop_reassembly(&key);
@@ -630,7 +659,14 @@ impl Endpoint {
         if b1.more {
             let reply = Message::new(MessageType::Ack, Code::CONTINUE, 0).with_option(
                 OptionNumber::BLOCK1,
-                Bytes::copy_from_slice(&Block { num: b1.num, more: true, szx }.encode()),
+                Bytes::copy_from_slice(
+                    &Block {
+                        num: b1.num,
+                        more: true,
+                        szx,
+                    }
+                    .encode(),
+                ),
             );
             self.reply_direct(now, peer, msg, reply);
             return Ok(None);
@@ -643,7 +679,14 @@ impl Endpoint {
             None => Bytes::new(),
         };
         self.counters.stats.block1_transfers += 1;
-        Ok(Some((body, Block { num: b1.num, more: false, szx })))
+        Ok(Some((
+            body,
+            Block {
+                num: b1.num,
+                more: false,
+                szx,
+            },
+        )))
     }
 
     fn drop_reassembly(&mut self, key: &ReassemblyKey) {
@@ -696,7 +739,11 @@ impl Endpoint {
                 break;
             };
             let key = (peer.clone(), old_mid);
-            if self.exchanges.get(&key).is_some_and(|e| e.serial == old_serial) {
+            if self
+                .exchanges
+                .get(&key)
+                .is_some_and(|e| e.serial == old_serial)
+            {
                 self.exchanges.remove(&key);
                 evicted += 1;
             }
@@ -719,7 +766,8 @@ impl Endpoint {
                 state: ExchangeState::Seen,
             },
         );
-        self.exchange_order.push_back((expires, serial, peer.clone(), mid));
+        self.exchange_order
+            .push_back((expires, serial, peer.clone(), mid));
         if confirmable {
             self.set_exchange_state(peer, mid, ExchangeState::Pending { ack: None });
         }
@@ -780,7 +828,11 @@ impl Endpoint {
             }
             let serial = *serial;
             if let Some((_, _, key)) = self.reassembly_order.pop_front() {
-                if self.reassemblies.get(&key).is_some_and(|r| r.serial == serial) {
+                if self
+                    .reassemblies
+                    .get(&key)
+                    .is_some_and(|r| r.serial == serial)
+                {
                     self.drop_reassembly(&key);
                 }
             }
@@ -891,13 +943,25 @@ impl Endpoint {
         }
         let (mid, next_at, bytes) = (flight.mid, flight.next_at, flight.bytes.clone());
         self.counters.stats.retransmissions += 1;
-        self.timers.push(Reverse((next_at, Timer::Retransmit { peer: peer.clone(), mid })));
+        self.timers.push(Reverse((
+            next_at,
+            Timer::Retransmit {
+                peer: peer.clone(),
+                mid,
+            },
+        )));
         self.transmits.push_back(Transmit { peer, bytes });
     }
 
     /// Sends a CON now if the peer has no CON in flight (NSTART 1), else
     /// queues it. Returns false if it had to be dropped.
-    fn enqueue_con(&mut self, now: Instant, peer: &Peer, message: Message, purpose: Purpose) -> bool {
+    fn enqueue_con(
+        &mut self,
+        now: Instant,
+        peer: &Peer,
+        message: Message,
+        purpose: Purpose,
+    ) -> bool {
         let cap = self.config.max_queued_per_peer;
         let state = self.peers.entry(peer.clone()).or_default();
         let Some(flight) = state.in_flight.as_mut() else {
@@ -936,7 +1000,13 @@ impl Endpoint {
         true
     }
 
-    fn start_transmission(&mut self, now: Instant, peer: &Peer, mut message: Message, purpose: Purpose) {
+    fn start_transmission(
+        &mut self,
+        now: Instant,
+        peer: &Peer,
+        mut message: Message,
+        purpose: Purpose,
+    ) {
         let mid = self.fresh_mid();
         message.mtype = MessageType::Con;
         message.message_id = mid;
@@ -958,7 +1028,13 @@ impl Endpoint {
             next_at,
             replacement: None,
         });
-        self.timers.push(Reverse((next_at, Timer::Retransmit { peer: peer.clone(), mid })));
+        self.timers.push(Reverse((
+            next_at,
+            Timer::Retransmit {
+                peer: peer.clone(),
+                mid,
+            },
+        )));
         self.transmits.push_back(Transmit {
             peer: peer.clone(),
             bytes,
@@ -974,7 +1050,9 @@ impl Endpoint {
             }
         });
         match next {
-            Some(outgoing) => self.start_transmission(now, peer, outgoing.message, outgoing.purpose),
+            Some(outgoing) => {
+                self.start_transmission(now, peer, outgoing.message, outgoing.purpose)
+            }
             None => self.forget_peer_if_idle(peer),
         }
     }
@@ -1007,7 +1085,10 @@ impl Endpoint {
         id: RequestId,
         response: Message,
     ) -> Result<Option<RelationId>, RespondError> {
-        let pending = self.requests.remove(&id).ok_or(RespondError::UnknownRequest)?;
+        let pending = self
+            .requests
+            .remove(&id)
+            .ok_or(RespondError::UnknownRequest)?;
         if let Some(state) = self.peers.get_mut(&pending.peer) {
             state.pending = state.pending.saturating_sub(1);
         }
@@ -1030,7 +1111,10 @@ impl Endpoint {
         id: RequestId,
         timeout: AckTimeout,
     ) -> Result<(), RespondError> {
-        let mut pending = self.requests.remove(&id).ok_or(RespondError::UnknownRequest)?;
+        let mut pending = self
+            .requests
+            .remove(&id)
+            .ok_or(RespondError::UnknownRequest)?;
         if pending.confirmable && !pending.ack_sent {
             match timeout {
                 AckTimeout::Never => pending.ack_deadline = None,
@@ -1106,7 +1190,10 @@ impl Endpoint {
                     r.seq = observe::next(r.seq);
                     r.seq
                 });
-                response.set_option(OptionNumber::OBSERVE, Bytes::copy_from_slice(&observe::encode(seq)));
+                response.set_option(
+                    OptionNumber::OBSERVE,
+                    Bytes::copy_from_slice(&observe::encode(seq)),
+                );
             }
             None => {
                 response.remove_option(OptionNumber::OBSERVE);
@@ -1135,7 +1222,11 @@ impl Endpoint {
             response.mtype = MessageType::Ack;
             response.message_id = pending.mid;
             let bytes = response.to_bytes_with(&self.codec)?;
-            self.set_exchange_state(&pending.peer, pending.mid, ExchangeState::Answered(bytes.clone()));
+            self.set_exchange_state(
+                &pending.peer,
+                pending.mid,
+                ExchangeState::Answered(bytes.clone()),
+            );
             self.transmits.push_back(Transmit {
                 peer: pending.peer.clone(),
                 bytes,
@@ -1168,7 +1259,12 @@ impl Endpoint {
         }
     }
 
-    fn establish_relation(&mut self, now: Instant, pending: &PendingRequest, szx: u8) -> Option<RelationId> {
+    fn establish_relation(
+        &mut self,
+        now: Instant,
+        pending: &PendingRequest,
+        szx: u8,
+    ) -> Option<RelationId> {
         let key = (pending.peer.clone(), pending.token.clone());
         if let Some(&existing) = self.relation_index.get(&key) {
             if let Some(relation) = self.relations.get_mut(&existing) {
@@ -1198,7 +1294,10 @@ impl Endpoint {
             },
         );
         self.relation_index.insert(key, id);
-        self.peers.entry(pending.peer.clone()).or_default().relations += 1;
+        self.peers
+            .entry(pending.peer.clone())
+            .or_default()
+            .relations += 1;
         self.counters.stats.relations_established += 1;
         Some(id)
     }
@@ -1208,11 +1307,14 @@ impl Endpoint {
         let Some(relation) = self.relations.remove(&id) else {
             return;
         };
-        self.relation_index.remove(&(relation.peer.clone(), relation.token.clone()));
+        self.relation_index
+            .remove(&(relation.peer.clone(), relation.token.clone()));
         self.counters.stats.relations_cancelled += 1;
         if let Some(state) = self.peers.get_mut(&relation.peer) {
             state.relations = state.relations.saturating_sub(1);
-            state.queue.retain(|q| q.purpose != Purpose::Notification(id));
+            state
+                .queue
+                .retain(|q| q.purpose != Purpose::Notification(id));
             if let Some(flight) = state.in_flight.as_mut() {
                 if flight.purpose == Purpose::Notification(id) {
                     flight.replacement = None;
@@ -1254,7 +1356,10 @@ impl Endpoint {
     ) -> Result<(), NotifyError> {
         let con_every = self.config.observe_con_every;
         let con_interval = self.config.observe_con_interval;
-        let rel = self.relations.get_mut(&relation).ok_or(NotifyError::UnknownRelation)?;
+        let rel = self
+            .relations
+            .get_mut(&relation)
+            .ok_or(NotifyError::UnknownRelation)?;
         let peer = rel.peer.clone();
         notification.token = rel.token.clone();
         let ends = notification.code.class() != 2;
@@ -1266,7 +1371,10 @@ impl Endpoint {
             notification.remove_option(OptionNumber::OBSERVE);
         } else {
             rel.seq = observe::next(rel.seq);
-            notification.set_option(OptionNumber::OBSERVE, Bytes::copy_from_slice(&observe::encode(rel.seq)));
+            notification.set_option(
+                OptionNumber::OBSERVE,
+                Bytes::copy_from_slice(&observe::encode(rel.seq)),
+            );
         }
         if con {
             rel.since_con = 0;
@@ -1332,9 +1440,11 @@ impl Endpoint {
             .collect();
         for id in &ids {
             if let Some(relation) = self.relations.get_mut(id) {
-                self.relation_index.remove(&(old.clone(), relation.token.clone()));
+                self.relation_index
+                    .remove(&(old.clone(), relation.token.clone()));
                 relation.peer = new.clone();
-                self.relation_index.insert((new.clone(), relation.token.clone()), *id);
+                self.relation_index
+                    .insert((new.clone(), relation.token.clone()), *id);
             }
         }
         let mut moved_flight = None;
@@ -1398,7 +1508,9 @@ impl Endpoint {
         }
         let key = (peer.clone(), uri.to_vec());
         if let Some(old) = self.block_cache.remove(&key) {
-            self.block_cache_bytes = self.block_cache_bytes.saturating_sub(old.response.payload.len());
+            self.block_cache_bytes = self
+                .block_cache_bytes
+                .saturating_sub(old.response.payload.len());
         }
         while self.block_cache_order.len() >= self.config.block_cache_entries.max(1)
             || self.block_cache_bytes + size > self.config.block_cache_memory
@@ -1424,15 +1536,22 @@ impl Endpoint {
                 response: stored,
             },
         );
-        self.block_cache_order.push_back((expires, serial, peer.clone(), uri.to_vec()));
+        self.block_cache_order
+            .push_back((expires, serial, peer.clone(), uri.to_vec()));
     }
 
     fn remove_cached_body(&mut self, key: &(Peer, Vec<u8>), serial: u64) -> bool {
-        if !self.block_cache.get(key).is_some_and(|c| c.serial == serial) {
+        if !self
+            .block_cache
+            .get(key)
+            .is_some_and(|c| c.serial == serial)
+        {
             return false;
         }
         if let Some(old) = self.block_cache.remove(key) {
-            self.block_cache_bytes = self.block_cache_bytes.saturating_sub(old.response.payload.len());
+            self.block_cache_bytes = self
+                .block_cache_bytes
+                .saturating_sub(old.response.payload.len());
         }
         true
     }
@@ -1474,7 +1593,8 @@ impl Endpoint {
         template.token = token.clone();
         template.remove_option(OptionNumber::BLOCK1);
         let body = request.payload;
-        let block1 = (body.len() > self.config.max_block_size).then_some((0usize, self.config.max_szx()));
+        let block1 =
+            (body.len() > self.config.max_block_size).then_some((0usize, self.config.max_szx()));
         let mut client = ClientRequest {
             peer: peer.clone(),
             token: token.clone(),
@@ -1535,7 +1655,10 @@ impl Endpoint {
 
     fn fail_client(&mut self, id: ClientRequestId, reason: RequestFailure) {
         if self.cancel_request(id) {
-            self.events.push_back(Event::RequestFailed { request: id, reason });
+            self.events.push_back(Event::RequestFailed {
+                request: id,
+                reason,
+            });
         }
     }
 
@@ -1554,7 +1677,9 @@ impl Endpoint {
                 }
                 let flight = self.peers.get_mut(&peer).and_then(|p| p.in_flight.take());
                 let Some(flight) = flight else { return };
-                let Purpose::Request(id) = flight.purpose else { return };
+                let Purpose::Request(id) = flight.purpose else {
+                    return;
+                };
                 self.send_next_queued(now, &peer);
                 if self.client.get(&id).is_some_and(|c| c.token == token) {
                     self.on_client_response(now, id, msg);
@@ -1576,7 +1701,11 @@ impl Endpoint {
                 if let Some(reply) = reply {
                     if let Ok(bytes) = reply.to_bytes_with(&self.codec) {
                         if confirmable {
-                            self.set_exchange_state(&peer, mid, ExchangeState::Answered(bytes.clone()));
+                            self.set_exchange_state(
+                                &peer,
+                                mid,
+                                ExchangeState::Answered(bytes.clone()),
+                            );
                         }
                         self.transmits.push_back(Transmit {
                             peer: peer.clone(),
@@ -1651,7 +1780,14 @@ impl Endpoint {
                 next.remove_option(OptionNumber::BLOCK1);
                 next.set_option(
                     OptionNumber::BLOCK2,
-                    Bytes::copy_from_slice(&Block { num: b2.num + 1, more: false, szx: b2.szx }.encode()),
+                    Bytes::copy_from_slice(
+                        &Block {
+                            num: b2.num + 1,
+                            more: false,
+                            szx: b2.szx,
+                        }
+                        .encode(),
+                    ),
                 );
                 client.block1 = None;
                 self.send_client_message(now, id, next);
@@ -1714,10 +1850,16 @@ fn client_block1_message(client: &ClientRequest) -> Message {
             let more = end < client.body.len();
             let num = u32::try_from(offset / size).unwrap_or(Block::MAX_NUM);
             message.payload = client.body.slice(offset.min(end)..end);
-            message.set_option(OptionNumber::BLOCK1, Bytes::copy_from_slice(&Block { num, more, szx }.encode()));
+            message.set_option(
+                OptionNumber::BLOCK1,
+                Bytes::copy_from_slice(&Block { num, more, szx }.encode()),
+            );
             if offset == 0 {
                 let total = u32::try_from(client.body.len()).unwrap_or(u32::MAX);
-                message.set_option(OptionNumber::SIZE1, Bytes::copy_from_slice(&encode_uint(total)));
+                message.set_option(
+                    OptionNumber::SIZE1,
+                    Bytes::copy_from_slice(&encode_uint(total)),
+                );
             }
         }
     }
@@ -1737,10 +1879,16 @@ fn segment(full: &Message, num: u32, szx: u8) -> Option<Message> {
     let more = end < len;
     let mut block = full.clone();
     block.payload = full.payload.slice(start..end);
-    block.set_option(OptionNumber::BLOCK2, Bytes::copy_from_slice(&Block { num, more, szx }.encode()));
+    block.set_option(
+        OptionNumber::BLOCK2,
+        Bytes::copy_from_slice(&Block { num, more, szx }.encode()),
+    );
     if num == 0 {
         let total = u32::try_from(len).unwrap_or(u32::MAX);
-        block.set_option(OptionNumber::SIZE2, Bytes::copy_from_slice(&encode_uint(total)));
+        block.set_option(
+            OptionNumber::SIZE2,
+            Bytes::copy_from_slice(&encode_uint(total)),
+        );
     }
     Some(block)
 }

@@ -51,7 +51,9 @@ mod stats;
 pub mod transport;
 mod types;
 
-pub use config::{AckTimeout, ConfigError, EXCHANGE_LIFETIME, EndpointConfig, MAX_TRANSMIT_WAIT, NON_LIFETIME};
+pub use config::{
+    AckTimeout, ConfigError, EXCHANGE_LIFETIME, EndpointConfig, MAX_TRANSMIT_WAIT, NON_LIFETIME,
+};
 pub use endpoint::Endpoint;
 pub use link_format::{LinkResource, render_link_format};
 pub use peer::Peer;

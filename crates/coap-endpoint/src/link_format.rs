@@ -83,7 +83,9 @@ mod tests {
     #[test]
     fn renders_paths_flags_numbers_and_quoted_strings() {
         let text = render_link_format(&[
-            LinkResource::new("/time").with_flag("obs").with_attribute("rt", "clock"),
+            LinkResource::new("/time")
+                .with_flag("obs")
+                .with_attribute("rt", "clock"),
             LinkResource::new("large").with_attribute("sz", "4096"),
             LinkResource::new("/q").with_attribute("title", "a \"b\""),
         ]);

@@ -91,24 +91,45 @@ mod tests {
     fn parse_errors_reset_con_and_drop_others() {
         let error = ParseError::InvalidTokenLength { tkl: 9 };
         assert_eq!(
-            wire_reaction(&Fault::Parse { error, header: header(MessageType::Con) }),
+            wire_reaction(&Fault::Parse {
+                error,
+                header: header(MessageType::Con)
+            }),
             Reaction::Reset(7)
         );
         for t in [MessageType::Non, MessageType::Ack, MessageType::Rst] {
-            assert_eq!(wire_reaction(&Fault::Parse { error, header: header(t) }), Reaction::Drop);
+            assert_eq!(
+                wire_reaction(&Fault::Parse {
+                    error,
+                    header: header(t)
+                }),
+                Reaction::Drop
+            );
         }
-        assert_eq!(wire_reaction(&Fault::Parse { error, header: None }), Reaction::Drop);
+        assert_eq!(
+            wire_reaction(&Fault::Parse {
+                error,
+                header: None
+            }),
+            Reaction::Drop
+        );
     }
 
     #[test]
     fn empty_message_with_content_resets_unless_ack_or_rst() {
         let error = ParseError::NonEmptyEmptyMessage { offset: 4 };
         assert_eq!(
-            wire_reaction(&Fault::Parse { error, header: header(MessageType::Non) }),
+            wire_reaction(&Fault::Parse {
+                error,
+                header: header(MessageType::Non)
+            }),
             Reaction::Reset(7)
         );
         assert_eq!(
-            wire_reaction(&Fault::Parse { error, header: header(MessageType::Rst) }),
+            wire_reaction(&Fault::Parse {
+                error,
+                header: header(MessageType::Rst)
+            }),
             Reaction::Drop
         );
     }

@@ -56,7 +56,10 @@ impl Responder {
     /// Changes when the empty ACK is sent if the answer is not ready
     /// (Hono's `timeoutToAck`): counted from the request's arrival.
     pub fn set_ack_timeout(&self, timeout: AckTimeout) {
-        let _ = self.commands.send(Command::SetAckTimeout { id: self.id, timeout });
+        let _ = self.commands.send(Command::SetAckTimeout {
+            id: self.id,
+            timeout,
+        });
     }
 
     /// Sends the response (type, message id and token are set by the
@@ -73,7 +76,9 @@ impl Responder {
                 reply: Some(reply),
             })
             .map_err(|_| ServerError::Stopped)?;
-        rx.await.map_err(|_| ServerError::Stopped)?.map_err(ServerError::Respond)
+        rx.await
+            .map_err(|_| ServerError::Stopped)?
+            .map_err(ServerError::Respond)
     }
 }
 
@@ -175,7 +180,9 @@ impl EndpointHandle {
             confirmable,
             reply,
         })?;
-        rx.await.map_err(|_| ServerError::Stopped)?.map_err(ServerError::Notify)
+        rx.await
+            .map_err(|_| ServerError::Stopped)?
+            .map_err(ServerError::Notify)
     }
 
     /// Sends a request to `peer` and waits for its response (or the
@@ -216,7 +223,9 @@ impl EndpointHandle {
     }
 
     fn send(&self, command: Command) -> Result<(), ServerError> {
-        self.commands.send(command).map_err(|_| ServerError::Stopped)
+        self.commands
+            .send(command)
+            .map_err(|_| ServerError::Stopped)
     }
 }
 
@@ -273,7 +282,9 @@ pub struct Server<T: Transport> {
 
 impl<T: Transport> std::fmt::Debug for Server<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("local_addr", &self.transport.local_addr()).finish()
+        f.debug_struct("Server")
+            .field("local_addr", &self.transport.local_addr())
+            .finish()
     }
 }
 
@@ -341,7 +352,11 @@ impl<T: Transport> Server<T> {
 
     /// Runs until `shutdown` completes, spawning one task per request that
     /// calls `handler`.
-    pub async fn run<H: Handler>(self, handler: H, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    pub async fn run<H: Handler>(
+        self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let handler = Arc::new(handler);
         let dispatch = move |request: IncomingRequestHandle| {
             let handler = Arc::clone(&handler);
@@ -366,7 +381,11 @@ impl<T: Transport> Server<T> {
         self.drive(dispatch, shutdown).await
     }
 
-    async fn drive<D>(mut self, mut dispatch: D, shutdown: impl Future<Output = ()>) -> io::Result<()>
+    async fn drive<D>(
+        mut self,
+        mut dispatch: D,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()>
     where
         D: FnMut(IncomingRequestHandle) -> Result<(), IncomingRequestHandle>,
     {
@@ -376,11 +395,15 @@ impl<T: Transport> Server<T> {
         tokio::pin!(shutdown);
         let mut stopping: Option<tokio::time::Instant> = None;
         loop {
-            self.flush(&mut dispatch, &mut waiting, stopping.is_some()).await;
+            self.flush(&mut dispatch, &mut waiting, stopping.is_some())
+                .await;
             if stopping.is_some() && self.endpoint.pending_requests() == 0 {
                 break;
             }
-            let deadline = self.endpoint.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = self
+                .endpoint
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             let timer = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -425,7 +448,11 @@ impl<T: Transport> Server<T> {
     ) {
         let now = Instant::now();
         match command {
-            Command::Respond { id, response, reply } => {
+            Command::Respond {
+                id,
+                response,
+                reply,
+            } => {
                 let result = self.endpoint.respond(now, id, response);
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
@@ -440,7 +467,10 @@ impl<T: Transport> Server<T> {
                 confirmable,
                 reply,
             } => {
-                let _ = reply.send(self.endpoint.notify(now, relation, notification, confirmable));
+                let _ = reply.send(
+                    self.endpoint
+                        .notify(now, relation, notification, confirmable),
+                );
             }
             Command::Request {
                 peer,
@@ -521,7 +551,9 @@ impl<T: Transport> Server<T> {
                     let _ = self.endpoint.respond(now, id, unavailable());
                 }
             }
-            Event::Response { request, response, .. } => {
+            Event::Response {
+                request, response, ..
+            } => {
                 if let Some(reply) = waiting.remove(&request) {
                     let _ = reply.send(Ok(response));
                     // An observe request sent through the handle gets its
@@ -534,9 +566,17 @@ impl<T: Transport> Server<T> {
                     let _ = reply.send(Err(ServerError::Request(reason)));
                 }
             }
-            Event::ObserveCancelled { relation, peer, reason } => {
+            Event::ObserveCancelled {
+                relation,
+                peer,
+                reason,
+            } => {
                 if let Some(events) = &self.events_tx {
-                    let _ = events.try_send(ServerEvent::ObserveCancelled { relation, peer, reason });
+                    let _ = events.try_send(ServerEvent::ObserveCancelled {
+                        relation,
+                        peer,
+                        reason,
+                    });
                 }
             }
         }
