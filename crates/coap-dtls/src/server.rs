@@ -328,6 +328,15 @@ impl DtlsServer {
         true
     }
 
+    /// Closes every session (close_notify to established peers), e.g. on
+    /// shutdown. `SessionClosed` events follow.
+    pub fn close_all(&mut self, now: Instant) {
+        let peers: Vec<SocketAddr> = self.sessions.keys().copied().collect();
+        for peer in peers {
+            self.close(now, peer);
+        }
+    }
+
     /// The authenticated identity of the established session with `peer`.
     pub fn identity(&self, peer: SocketAddr) -> Option<&Bytes> {
         match &self.sessions.get(&peer)?.state {

@@ -197,6 +197,23 @@ impl DtlsSocket {
         Ok(closed)
     }
 
+    /// Sends close_notify to every peer and drops all sessions (graceful
+    /// shutdown); the socket keeps serving new handshakes until dropped.
+    pub async fn close_all(&self) -> Result<(), SocketError> {
+        let transmits = {
+            let mut server = self.shared.lock();
+            server.close_all(Instant::now());
+            drain_transmits(&mut server)
+        };
+        for transmit in transmits {
+            self.shared
+                .socket
+                .send_to(&transmit.bytes, transmit.peer)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The authenticated identity of the session with `peer`, if established.
     pub fn identity(&self, peer: SocketAddr) -> Option<Bytes> {
         self.shared.lock().identity(peer).cloned()

@@ -691,3 +691,47 @@ fn handshakes_complete_under_random_loss() {
         assert_eq!(stats.handshakes_failed.total(), 0, "seed {seed}: {stats:?}");
     }
 }
+
+#[test]
+fn no_shared_cipher_suite_fails_with_an_alert() {
+    let mut config = server_config();
+    config.cipher_list = "PSK-AES128-CCM8".into();
+    let mut h = Harness::new(config);
+    let mut client_config = coap_dtls::ClientConfig::new(IDENTITY, KEY);
+    client_config.cipher_list = "PSK-AES128-GCM-SHA256".into();
+    let conn = coap_dtls::DtlsConnector::new(client_config).unwrap();
+    let mut client = h.peer(addr(1), &conn);
+    h.pump(&mut [&mut client]);
+    let stats = h.server.stats();
+    assert_eq!(stats.handshakes_failed.protocol, 1, "{stats:?}");
+    assert_eq!(stats.sessions, 0);
+    assert!(
+        client.events.contains(&ClientEvent::HandshakeFailed(
+            coap_dtls::HandshakeFailure::AlertReceived
+        )),
+        "{:?}",
+        client.events
+    );
+}
+
+#[test]
+fn close_all_notifies_every_peer() {
+    let mut h = Harness::new(server_config());
+    let conn = connector(IDENTITY, KEY);
+    let mut a = h.peer(addr(1), &conn);
+    let mut b = h.peer(addr(2), &conn);
+    h.pump(&mut [&mut a, &mut b]);
+    h.server.close_all(std::time::Instant::now());
+    h.collect_server(&mut [&mut a, &mut b]);
+    h.pump(&mut [&mut a, &mut b]);
+    for p in [&a, &b] {
+        assert!(
+            p.events
+                .contains(&ClientEvent::Closed(CloseReason::CloseNotify)),
+            "{:?}",
+            p.events
+        );
+    }
+    assert_eq!(h.server.stats().sessions, 0);
+    assert_eq!(h.server.stats().sessions_closed, 2);
+}
