@@ -219,6 +219,12 @@ impl DtlsSocket {
         self.shared.lock().identity(peer).cloned()
     }
 
+    /// The largest datagram `send_to` accepts for `peer` (MTU minus the
+    /// negotiated suite's record overhead), if established.
+    pub fn max_plaintext(&self, peer: SocketAddr) -> Option<usize> {
+        self.shared.lock().max_plaintext(peer)
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> ServerStats {
         let mut stats = self.shared.lock().stats();

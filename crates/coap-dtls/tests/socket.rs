@@ -57,6 +57,7 @@ async fn client_and_server_exchange_datagrams() {
     let me = client.local_addr().unwrap();
     let me = std::net::SocketAddr::from(([127, 0, 0, 1], me.port()));
     assert_eq!(server.identity(me).as_deref(), Some(IDENTITY));
+    assert_eq!(server.max_plaintext(me), Some(1232 - 29));
     client.close().await.unwrap();
     // The server sees close_notify and drops the session.
     for _ in 0..100 {
