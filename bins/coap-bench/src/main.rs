@@ -1,6 +1,138 @@
-//! `coap-bench`: work in progress.
+//! `coap-bench`: a CoAP (RFC 7252) load generator and one-shot client over
+//! UDP and DTLS-PSK, plus a UDP echo server, for measuring the gateways
+//! against libcoap's server and against the kernel's ceiling.
+//!
+//! **For:** driving far more load than a server under test can take,
+//! measuring it honestly (HDR latency histograms, open loop without
+//! coordinated omission), and one-off requests in tests and scripts.
+//! **Not for:** functional testing of CoAP features beyond request/response
+//! and observe (no block-wise transfers, no RFC 8323 TCP).
+//!
+//! # Subcommands
+//!
+//! ```text
+//! coap-bench load URI [--method get|post|put|delete] [--payload STR | --payload-size N]
+//!                     [--content-format N] [--con | --non] [--clients N] [--sockets K]
+//!                     [--rate R] [--duration 10s] [--requests N] [--warmup 1s]
+//!                     [--timeout 5s] [--ack-timeout 2s] [--max-retransmit 4] [--timestamp]
+//!                     [--observe N [--publish-rate M]] [--psk-identity ID --psk-key KEY]
+//!                     [--json] [--quiet]
+//! coap-bench request URI [--method …] [--payload …] [--non] [--observe 0] [--psk-…]
+//! coap-bench udp-echo [--listen 127.0.0.1:0] [--threads N]
+//! ```
+//!
+//! - **load, closed loop** (default): each of `--clients` clients keeps one
+//!   request in flight; clients share `--sockets` UDP sockets (default
+//!   min(clients, 64)); message ids are per socket, tokens per request.
+//! - **load, open loop** (`--rate R`): R requests/s in total on a fixed
+//!   schedule regardless of answers; latency is measured from the scheduled
+//!   send time, so a stalling server shows up in the percentiles instead of
+//!   silently lowering the offered load (coordinated omission).
+//! - CON requests are retransmitted per RFC 7252 §4.2 (ACK_TIMEOUT 2 s ×
+//!   random 1–1.5, doubling, MAX_RETRANSMIT 4) within `--timeout`; an empty
+//!   ACK stops retransmission and the separate response completes the
+//!   request. Retransmissions are counted.
+//! - The run ends after `--duration` (default 10 s) and/or `--requests`
+//!   measured requests, plus at most `--timeout` for requests in flight.
+//!   `--warmup` requests are sent but not measured. Ctrl-C stops sending.
+//! - `{client}` in the URI path or query becomes the client's index, e.g.
+//!   `coap://h/ps/bench/{client}?clientid=c{client}`.
+//! - `coaps://`: every client gets its own socket and DTLS-PSK session
+//!   (handshakes before measuring, 32 at a time).
+//! - **observe** (`--observe N`): N observers register (GET + Observe 0)
+//!   and count notifications; `--publish-rate M` publishes POSTs with a
+//!   `coap-bench-ts=<µs>` payload to the same URI so the summary shows the
+//!   fan-out delivery latency. The top-level counters then describe the
+//!   registrations.
+//! - A progress line per second on stderr; the summary on stdout, as text
+//!   or, with `--json`, one JSON object (fields documented in `report.rs`).
+//!
+//! The **udp-echo** server reflects every datagram to its sender; a load run
+//! against it counts the reflected request (same message id and token) as
+//! the response, with code `0.01` etc.: the upper bound for any server on
+//! this machine.
+//!
+//! ```text
+//!  main ─▶ load::main ─▶ lanes (lane.rs: one task per socket) ─▶ report.rs
+//!       ├▶ observe::run (observer lanes + a load run as publisher)
+//!       ├▶ request::main (one exchange)
+//!       └▶ echo::serve (threads with SO_REUSEPORT)
+//! ```
+#![warn(missing_docs, unreachable_pub)]
 
-fn main() {
-    eprintln!("coap-bench: not implemented yet");
-    std::process::exit(2);
+mod echo;
+mod lane;
+mod load;
+mod observe;
+mod report;
+mod request;
+mod target;
+mod transport;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coap-bench",
+    version,
+    about = "CoAP load generator, client and UDP echo server"
+)]
+struct Cli {
+    /// Tokio worker threads (default: the number of cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate load against a CoAP server and summarize.
+    Load(load::LoadArgs),
+    /// Send one request and print the response.
+    Request(request::Args),
+    /// Reflect every UDP datagram to its sender (reference server).
+    UdpEcho {
+        /// Address to listen on (port 0: any free port; printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:5683")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let result = match cli.command {
+        Command::UdpEcho { listen } => echo::serve(listen, threads).map(|()| 0),
+        command => runtime(threads).and_then(|rt| {
+            rt.block_on(async move {
+                match command {
+                    Command::Load(args) => load::main(args).await.map(|()| 0),
+                    Command::Request(args) => request::main(args).await,
+                    Command::UdpEcho { .. } => Ok(0),
+                }
+            })
+        }),
+    };
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("coap-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?)
 }

@@ -1,0 +1,426 @@
+//! `load`: sets up the lanes from the command line, runs them, prints the
+//! progress line and the summary.
+//!
+//! ```text
+//!  args ─▶ Target + RequestShape ─▶ templates (one, or one per client)
+//!        ─▶ K transports (UDP sockets, or one DTLS session per client)
+//!        ─▶ K lanes (clients i ≡ lane i mod K) ─▶ tokio tasks
+//!        ─▶ merge counters + shared histogram ─▶ Summary (text / JSON)
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use coap_codec::{Code, MessageType};
+use coap_dtls::{ClientConfig, DtlsConnector};
+use tokio::task::JoinSet;
+
+use crate::lane::{Lane, OpenLoop, Plan};
+use crate::report::{Counters, RunLabel, RunProgress, Summary};
+use crate::target::{RequestShape, Target, Template};
+use crate::transport::Transport;
+
+/// Request method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    pub(crate) fn code(self) -> Code {
+        match self {
+            Method::Get => Code::GET,
+            Method::Post => Code::POST,
+            Method::Put => Code::PUT,
+            Method::Delete => Code::DELETE,
+        }
+    }
+}
+
+/// What the request looks like (shared by `load` and `request`).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RequestArgs {
+    /// Target: coap://host[:port]/path?query or coaps://… (`{client}` in the
+    /// path or query is replaced by the client's index).
+    pub(crate) uri: String,
+    /// Request method.
+    #[arg(long, short = 'm', value_enum, default_value = "get")]
+    pub(crate) method: Method,
+    /// Payload text.
+    #[arg(long, short = 'e', conflicts_with = "payload_size")]
+    pub(crate) payload: Option<String>,
+    /// Payload of N bytes ('x').
+    #[arg(long)]
+    pub(crate) payload_size: Option<usize>,
+    /// Content-Format option value (e.g. 0 text/plain, 50 JSON).
+    #[arg(long, short = 't')]
+    pub(crate) content_format: Option<u16>,
+    /// Send NON requests (default CON).
+    #[arg(long, conflicts_with = "con")]
+    pub(crate) non: bool,
+    /// Send CON requests (the default).
+    #[arg(long)]
+    pub(crate) con: bool,
+    /// Per-request timeout (covers CON retransmissions).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+    /// DTLS PSK identity (coaps://).
+    #[arg(long, short = 'u', default_value = "coap-bench")]
+    pub(crate) psk_identity: String,
+    /// DTLS pre-shared key, raw bytes of the string (coaps://).
+    #[arg(long, short = 'k')]
+    pub(crate) psk_key: Option<String>,
+}
+
+impl RequestArgs {
+    pub(crate) fn payload_bytes(&self) -> Vec<u8> {
+        match (&self.payload, self.payload_size) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(size)) => vec![b'x'; size],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    pub(crate) fn mtype(&self) -> MessageType {
+        if self.non {
+            MessageType::Non
+        } else {
+            MessageType::Con
+        }
+    }
+
+    pub(crate) fn connector(&self) -> anyhow::Result<DtlsConnector> {
+        let Some(key) = &self.psk_key else {
+            bail!("coaps:// needs --psk-key (and --psk-identity)");
+        };
+        DtlsConnector::new(ClientConfig::new(
+            self.psk_identity.as_bytes().to_vec(),
+            key.as_bytes().to_vec(),
+        ))
+        .context("cannot set up DTLS")
+    }
+}
+
+/// `load` options.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LoadArgs {
+    #[command(flatten)]
+    pub(crate) request: RequestArgs,
+    /// Simulated clients (each keeps one request in flight in closed loop).
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub(crate) clients: usize,
+    /// UDP sockets the clients share (default min(clients, 64)); with DTLS
+    /// every client has its own socket and session.
+    #[arg(long)]
+    pub(crate) sockets: Option<usize>,
+    /// Open loop: total requests per second, latency from the scheduled send.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Stop sending after this long (after the warm-up); default 10s unless
+    /// --requests is given.
+    #[arg(long, short = 'd', value_parser = parse_duration)]
+    pub(crate) duration: Option<Duration>,
+    /// Stop after this many measured requests.
+    #[arg(long, short = 'n')]
+    pub(crate) requests: Option<u64>,
+    /// Unmeasured warm-up period before measuring.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub(crate) warmup: Duration,
+    /// RFC 7252 ACK_TIMEOUT for CON retransmissions.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) ack_timeout: Duration,
+    /// RFC 7252 MAX_RETRANSMIT.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) max_retransmit: u32,
+    /// Put a send timestamp (`coap-bench-ts=<µs since epoch>`) at the start
+    /// of the payload.
+    #[arg(long)]
+    pub(crate) timestamp: bool,
+    /// Observe mode: N observers register (GET + Observe 0) on the target
+    /// and count notifications.
+    #[arg(long)]
+    pub(crate) observe: Option<usize>,
+    /// Observe mode: also publish (POST, timestamped payload) to the target
+    /// at this rate, to measure fan-out latency.
+    #[arg(long, requires = "observe")]
+    pub(crate) publish_rate: Option<f64>,
+    /// Print one JSON object instead of the text summary.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// No progress line.
+    #[arg(long, short = 'q')]
+    pub(crate) quiet: bool,
+    /// Handshake time limit per DTLS session.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1.5s`, `250us` or plain seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (e.g. 10s, 500ms)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use us, ms, s, m, h)"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("not a duration: {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Everything needed to run a set of lanes: shared by plain load runs and
+/// the publisher of observe mode.
+pub(crate) struct LoadRun {
+    pub(crate) label: RunLabel,
+    pub(crate) plan: Arc<Plan>,
+    lanes: Vec<Lane>,
+    measure_start: Instant,
+}
+
+/// Builds the lanes (connecting DTLS sessions first).
+pub(crate) async fn prepare(
+    args: &LoadArgs,
+    shape: &RequestShape,
+    clients: usize,
+    rate: Option<f64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<LoadRun> {
+    let req = &args.request;
+    let target = Target::parse(&req.uri)?;
+    if clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number");
+    }
+    let templates = if target.per_client() {
+        (0..clients as u32)
+            .map(|client| Template::build(&target, shape, client))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        vec![Template::build(&target, shape, 0)?]
+    };
+    let transports = if target.secure {
+        connect_all(&target, req, clients, args.handshake_timeout).await?
+    } else {
+        let sockets = args.sockets.unwrap_or(clients.min(64)).clamp(1, clients);
+        (0..sockets)
+            .map(|_| Transport::udp(target.addr))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let sockets = transports.len();
+    let progress = Arc::new(RunProgress::new(sockets));
+    let start = Instant::now();
+    let warmup_end = start + args.warmup;
+    let duration = match (args.duration, args.requests) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let plan = Arc::new(Plan {
+        templates,
+        confirmable: shape.mtype == MessageType::Con,
+        timeout: req.timeout,
+        ack_timeout: args.ack_timeout,
+        max_retransmit: args.max_retransmit,
+        warmup_end,
+        stop_at: duration.map(|d| warmup_end + d),
+        max_requests: args.requests,
+        issued: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        progress,
+    });
+    let stop_watch = Arc::clone(&plan);
+    tokio::spawn(async move {
+        // Forward the shared Ctrl-C flag into this plan.
+        while !stop_watch.stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
+                stop_watch.stop.store(true, Ordering::Relaxed);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let seed = crate::target::wall_micros() ^ u64::from(std::process::id()) << 32;
+    let mut lanes = Vec::with_capacity(sockets);
+    for (index, transport) in transports.into_iter().enumerate() {
+        let lane_clients: Vec<u32> = (index..clients)
+            .step_by(sockets)
+            .map(|c| c as u32)
+            .collect();
+        let open = rate.map(|rate| {
+            let lane_rate = rate * lane_clients.len() as f64 / clients as f64;
+            let interval = Duration::from_secs_f64(1.0 / lane_rate);
+            OpenLoop {
+                interval,
+                // Stagger the lanes over one interval.
+                first: start + interval.mul_f64(index as f64 / sockets as f64),
+            }
+        });
+        lanes.push(Lane::new(
+            Arc::clone(&plan),
+            index,
+            transport,
+            lane_clients,
+            open,
+            seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        ));
+    }
+    Ok(LoadRun {
+        label: RunLabel {
+            target: req.uri.clone(),
+            method: shape.code,
+            confirmable: shape.mtype == MessageType::Con,
+            open_rate: rate,
+            clients,
+            sockets,
+        },
+        plan,
+        lanes,
+        measure_start: warmup_end,
+    })
+}
+
+impl LoadRun {
+    /// Runs all lanes to the end and summarizes.
+    pub(crate) async fn run(self, progress_label: Option<&str>) -> anyhow::Result<Summary> {
+        let printer = progress_label.map(|label| {
+            let progress = Arc::clone(&self.plan.progress);
+            let label = label.to_owned();
+            let start = Instant::now();
+            tokio::spawn(async move { progress.print_every_second(&label, start).await })
+        });
+        let mut tasks = JoinSet::new();
+        for lane in self.lanes {
+            tasks.spawn(lane.run());
+        }
+        let mut counters = Counters::default();
+        let mut send_end = self.measure_start;
+        while let Some(result) = tasks.join_next().await {
+            let result = result.context("a lane failed")?;
+            counters.merge(&result.counters);
+            send_end = send_end.max(result.send_end);
+        }
+        if let Some(printer) = printer {
+            printer.abort();
+        }
+        let latency = self
+            .plan
+            .progress
+            .latency
+            .lock()
+            .map(|h| h.clone())
+            .map_err(|_| anyhow::anyhow!("latency histogram poisoned"))?;
+        Ok(Summary::new(
+            &self.label,
+            &counters,
+            &latency,
+            self.measure_start,
+            send_end,
+        ))
+    }
+}
+
+/// Connects one DTLS session per client, a few at a time.
+async fn connect_all(
+    target: &Target,
+    req: &RequestArgs,
+    clients: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<Transport>> {
+    const PARALLEL_HANDSHAKES: usize = 32;
+    let connector = Arc::new(req.connector()?);
+    let started = Instant::now();
+    let mut transports = Vec::with_capacity(clients);
+    let mut tasks = JoinSet::new();
+    let mut next = 0;
+    while transports.len() < clients {
+        while next < clients && tasks.len() < PARALLEL_HANDSHAKES {
+            let connector = Arc::clone(&connector);
+            let addr: SocketAddr = target.addr;
+            tasks.spawn(async move { Transport::dtls(addr, &connector, limit).await });
+            next += 1;
+        }
+        match tasks.join_next().await {
+            Some(result) => transports.push(result.context("handshake task failed")??),
+            None => break,
+        }
+    }
+    eprintln!(
+        "coap-bench: {} DTLS session(s) established in {} ms",
+        transports.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(transports)
+}
+
+/// `coap-bench load`.
+pub(crate) async fn main(args: LoadArgs) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("coap-bench: interrupted, finishing requests in flight");
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let summary = if let Some(observers) = args.observe {
+        crate::observe::run(&args, observers, stop).await?
+    } else {
+        let shape = RequestShape {
+            mtype: args.request.mtype(),
+            code: args.request.method.code(),
+            content_format: args.request.content_format,
+            observe: None,
+            payload: args.request.payload_bytes(),
+            timestamp: args.timestamp,
+        };
+        let run = prepare(&args, &shape, args.clients, args.rate, stop).await?;
+        run.run((!args.quiet).then_some("load")).await?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}
