@@ -11,18 +11,18 @@
 //! min(publish QoS, subscription QoS); a full subscriber queue drops its
 //! oldest message (counted in [`Deliveries::dropped`]).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::retained::TopicStore;
 use super::subscriptions::LocalSubscriptions;
 use super::{
     BoxFuture, Broker, BrokerError, ClientInfo, Deliveries, DeliveryHub, Message, Publish, Qos,
     Subscribed, SubscriberId, min_qos,
 };
-use crate::topic::{TopicFilter, TopicName, matches};
+use crate::topic::{TopicFilter, TopicName};
 
 /// Limits of the embedded broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub struct EmbeddedBroker {
 #[derive(Debug, Default)]
 struct State {
     subscriptions: LocalSubscriptions,
-    retained: HashMap<String, Retained>,
+    retained: TopicStore<Retained>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,17 +114,17 @@ impl EmbeddedBroker {
                 // removes the retained message of the topic.
                 state.retained.remove(topic);
             } else {
-                if !state.retained.contains_key(topic)
+                if !state.retained.contains(topic)
                     && state.retained.len() >= self.config.max_retained
                 {
-                    state.retained.retain(|_, r| !r.is_expired(now));
+                    state.retained.retain(|r| !r.is_expired(now));
                     if state.retained.len() >= self.config.max_retained {
                         return Err(BrokerError::Limit("retained messages"));
                     }
                 }
                 let expires_at = message.expiry.and_then(|e| now.checked_add(e));
                 state.retained.insert(
-                    topic.to_owned(),
+                    topic,
                     Retained {
                         payload: message.payload.clone(),
                         qos: message.qos,
@@ -175,13 +175,14 @@ impl EmbeddedBroker {
             0,
         );
         let retained = if filter.has_wildcard() {
-            state.retained.retain(|_, r| !r.is_expired(now));
-            let mut found: Vec<Message> = state
-                .retained
-                .iter()
-                .filter(|(topic, _)| matches(filter.as_str(), topic))
-                .map(|(topic, r)| r.to_message(topic, qos, now))
-                .collect();
+            // Expired messages are skipped here and purged when the store
+            // is full or when looked up by topic.
+            let mut found: Vec<Message> = Vec::new();
+            state.retained.for_each_match(filter.as_str(), |topic, r| {
+                if !r.is_expired(now) {
+                    found.push(r.to_message(topic, qos, now));
+                }
+            });
             found.sort_by(|a, b| a.topic.cmp(&b.topic));
             found
         } else {

@@ -22,6 +22,7 @@ mod delivery;
 pub mod embedded;
 pub mod mqtt;
 pub mod presence;
+mod retained;
 mod subscriptions;
 
 use std::fmt;
