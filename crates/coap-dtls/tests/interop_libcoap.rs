@@ -314,3 +314,73 @@ async fn openssl_client_recovers_lost_flights() {
 async fn gnutls_client_recovers_lost_flights() {
     lost_client_flights("coap-client-gnutls").await;
 }
+
+/// Our client against libcoap's server (OpenSSL build): GET on its DTLS
+/// port, 50 requests over one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_against_libcoap_openssl_server() {
+    let path = "/usr/bin/coap-server-openssl";
+    assert!(
+        std::path::Path::new(path).exists(),
+        "{path} is missing: install the Debian package libcoap3-bin (scripts/test.sh does)"
+    );
+    // libcoap listens on P (plain) and P+1 (DTLS).
+    let port = loop {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        if port < 65_000 && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            break port;
+        }
+    };
+    let _server_process = KillOnDrop(
+        Command::new(path)
+            .args([
+                "-A",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-k",
+                "hono-secret",
+                "-v",
+                "0",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let server: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
+    let connector = support::connector(IDENTITY, KEY);
+    // The server needs a moment to bind; the client retransmits meanwhile.
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        coap_dtls::DtlsClient::connect(&connector, server),
+    )
+    .await;
+    let mut client = connected.expect("handshake timed out").expect("handshake");
+    for mid in 0..50u16 {
+        let [a, b] = mid.to_be_bytes();
+        // CON GET / with a 2-byte token.
+        client.send(&[0x42, 0x01, a, b, a, b]).await.unwrap();
+        let reply = client
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .await
+            .unwrap()
+            .expect("reply");
+        // ACK, same message id, 2.05 Content.
+        assert_eq!(reply[0] >> 4, 0x6, "{reply:?}");
+        assert_eq!(reply[1], 0x45, "{reply:?}");
+        assert_eq!(&reply[2..4], &[a, b]);
+    }
+    client.close().await.unwrap();
+}
+
+/// Stops the child process even when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
