@@ -263,6 +263,40 @@ pub trait Broker: Send + Sync {
     fn is_ready(&self) -> bool;
 }
 
+/// Which broker to run, as chosen by `--broker`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// The in-process broker.
+    Embedded(embedded::EmbeddedConfig),
+    /// An external MQTT broker.
+    Mqtt(Box<mqtt::MqttConfig>),
+}
+
+impl BrokerKind {
+    /// Parses the `--broker` value: `embedded`, `mqtt://HOST[:PORT]` or
+    /// `mqtts://HOST[:PORT]`, with default settings.
+    pub fn from_flag(value: &str) -> Result<Self, BrokerError> {
+        if value == "embedded" {
+            return Ok(Self::Embedded(embedded::EmbeddedConfig::default()));
+        }
+        mqtt::MqttConfig::from_url(value).map(|c| Self::Mqtt(Box::new(c)))
+    }
+
+    /// Starts the broker (inside a tokio runtime for `Mqtt`).
+    pub fn start(self) -> (std::sync::Arc<dyn Broker>, Deliveries) {
+        match self {
+            Self::Embedded(config) => {
+                let (broker, deliveries) = embedded::EmbeddedBroker::new(config);
+                (std::sync::Arc::new(broker), deliveries)
+            }
+            Self::Mqtt(config) => {
+                let (broker, deliveries) = mqtt::MqttBroker::start(*config);
+                (std::sync::Arc::new(broker), deliveries)
+            }
+        }
+    }
+}
+
 /// The smaller of two QoS levels (delivered QoS).
 pub(crate) fn min_qos(a: Qos, b: Qos) -> Qos {
     a.min(b)

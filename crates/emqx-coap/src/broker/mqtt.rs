@@ -67,6 +67,21 @@ pub enum MqttProtocol {
     V311,
 }
 
+impl std::str::FromStr for MqttProtocol {
+    type Err = BrokerError;
+
+    /// `5` / `v5` / `mqttv5` or `3.1.1` / `v311` / `mqttv311`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "5" | "v5" | "mqttv5" => Ok(Self::V5),
+            "3.1.1" | "311" | "v311" | "mqttv311" => Ok(Self::V311),
+            other => Err(BrokerError::Config(format!(
+                "MQTT version {other:?}: expected 5 or 3.1.1"
+            ))),
+        }
+    }
+}
+
 /// How CoAP clients map to MQTT connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionModel {
@@ -80,6 +95,24 @@ pub enum SessionModel {
         /// Most simultaneous client connections.
         max_clients: usize,
     },
+}
+
+impl std::str::FromStr for SessionModel {
+    type Err = BrokerError;
+
+    /// `shared` (2 connections, the default) or `per-client` (at most
+    /// 10 000 client connections), as given to `--mqtt-session`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shared" => Ok(Self::Shared { connections: 2 }),
+            "per-client" => Ok(Self::PerClient {
+                max_clients: 10_000,
+            }),
+            other => Err(BrokerError::Config(format!(
+                "MQTT session model {other:?}: expected shared or per-client"
+            ))),
+        }
+    }
 }
 
 /// TLS settings of the connection to the broker.
@@ -562,6 +595,28 @@ mod tests {
         assert_eq!((c.port, c.tls), (8883, Some(MqttTls::default())));
         assert_eq!(MqttConfig::from_url("mqtt://x").unwrap().tls, None);
         assert!(MqttConfig::from_url("http://x").is_err());
+        assert_eq!(
+            "per-client".parse(),
+            Ok(SessionModel::PerClient {
+                max_clients: 10_000
+            })
+        );
+        assert_eq!(
+            "shared".parse(),
+            Ok(SessionModel::Shared { connections: 2 })
+        );
+        assert!("both".parse::<SessionModel>().is_err());
+        assert_eq!("3.1.1".parse(), Ok(MqttProtocol::V311));
+        assert_eq!("5".parse(), Ok(MqttProtocol::V5));
+        assert!(matches!(
+            crate::broker::BrokerKind::from_flag("embedded"),
+            Ok(crate::broker::BrokerKind::Embedded(_))
+        ));
+        assert!(matches!(
+            crate::broker::BrokerKind::from_flag("mqtt://h:1"),
+            Ok(crate::broker::BrokerKind::Mqtt(c)) if c.port == 1
+        ));
+        assert!(crate::broker::BrokerKind::from_flag("redis://h").is_err());
         assert!(MqttConfig::from_url("mqtt://x:notaport").is_err());
         assert!(MqttConfig::from_url("mqtt://:1883").is_err());
     }
