@@ -506,3 +506,37 @@ async fn mqtts_verifies_the_broker_certificate() {
     );
     assert!(!broker.is_ready());
 }
+
+#[tokio::test]
+async fn large_payloads_pass_in_both_directions_with_both_versions() {
+    let url = mqtt_url();
+    for protocol in [MqttProtocol::V5, MqttProtocol::V311] {
+        let p = unique_prefix("big");
+        let mut config = MqttConfig::from_url(&url).unwrap();
+        config.protocol = protocol;
+        config.session = SessionModel::Shared { connections: 1 };
+        let (broker, mut rx) = started(config).await;
+        let c = ClientInfo::default();
+        broker
+            .subscribe(
+                &c,
+                SubscriberId(1),
+                &filter(&format!("{p}/#")),
+                Qos::AtLeastOnce,
+            )
+            .await
+            .unwrap();
+        // rumqttc's own default limit is 10 KiB; the gateway allows MiBs.
+        let payload = Bytes::from(vec![b'x'; 1024 * 1024]);
+        broker
+            .publish(
+                &c,
+                Publish::new(topic(&format!("{p}/big")), payload.clone()).qos(Qos::AtLeastOnce),
+            )
+            .await
+            .unwrap();
+        let d = next(&mut rx).await;
+        assert_eq!(d.message.payload.len(), payload.len(), "{protocol:?}");
+        assert!(broker.is_ready(), "connection survived ({protocol:?})");
+    }
+}

@@ -199,6 +199,14 @@ pub enum BrokerError {
     /// The request needs a client id (per-client session model).
     #[error("a clientid is required")]
     MissingClientId,
+    /// The message is larger than the broker connection accepts. CoAP: 4.13.
+    #[error("message too large: {size} bytes, at most {max}")]
+    TooLarge {
+        /// Estimated packet size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A bounded resource is full (too many clients, retained messages, ...).
     #[error("limit reached: {0}")]
     Limit(&'static str),

@@ -166,6 +166,11 @@ pub struct MqttConfig {
     pub request_capacity: usize,
     /// Messages queued per local subscriber. Default is 100.
     pub queue_capacity: usize,
+    /// Largest MQTT packet sent or accepted, in bytes: bigger publishes
+    /// fail with [`BrokerError::TooLarge`] before anything is sent (an
+    /// oversized packet would make rumqttc drop the connection). Default is
+    /// 4 MiB + 64 KiB, matching the gateway's default CoAP body limit.
+    pub max_packet_size: usize,
     /// Most (filter, subscriber) pairs per MQTT connection; more fail with
     /// [`BrokerError::Limit`]. Default is 1 000 000.
     pub max_subscriptions: usize,
@@ -206,6 +211,7 @@ impl MqttConfig {
             request_capacity: 1024,
             queue_capacity: 100,
             max_subscriptions: 1_000_000,
+            max_packet_size: 4 * 1024 * 1024 + 64 * 1024,
         })
     }
 }
@@ -703,8 +709,17 @@ mod tests {
         // Nothing listens on port 1 of loopback.
         let mut config = MqttConfig::from_url("mqtt://127.0.0.1:1").unwrap();
         config.unavailable_wait = Duration::from_millis(300);
+        config.max_packet_size = 1000;
         let (broker, _rx) = MqttBroker::start(config);
         let client = ClientInfo::default();
+        let big = Publish::new(TopicName::new("x").unwrap(), vec![0u8; 1000]);
+        assert_eq!(
+            broker.publish(&client, big).await,
+            Err(BrokerError::TooLarge {
+                size: 1065,
+                max: 1000
+            })
+        );
         let started = std::time::Instant::now();
         let topic = TopicName::new("x").unwrap();
         let result = broker

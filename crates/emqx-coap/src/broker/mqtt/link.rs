@@ -170,6 +170,9 @@ impl Link {
             MqttProtocol::V5 => {
                 let mut options = rumqttc::v5::MqttOptions::new(client_id, host, port);
                 options.set_keep_alive(keep_alive).set_clean_start(true);
+                options.set_max_packet_size(Some(
+                    u32::try_from(config.max_packet_size).unwrap_or(u32::MAX),
+                ));
                 if let Some(transport) = tls_transport(&config) {
                     options.set_transport(transport);
                 }
@@ -193,6 +196,7 @@ impl Link {
             MqttProtocol::V311 => {
                 let mut options = rumqttc::MqttOptions::new(client_id, host, port);
                 options.set_keep_alive(keep_alive).set_clean_session(true);
+                options.set_max_packet_size(config.max_packet_size, config.max_packet_size);
                 if let Some(transport) = tls_transport(&config) {
                     options.set_transport(transport);
                 }
@@ -255,6 +259,15 @@ impl Link {
 
     /// Publishes; for QoS ≥ 1 waits for PUBACK / PUBCOMP.
     pub(super) async fn publish(&self, message: Publish) -> Result<(), BrokerError> {
+        // Fixed header, packet id, property headers: well under 64 bytes.
+        let size = message.payload.len()
+            + message.topic.as_str().len()
+            + message.content_type.as_ref().map_or(0, String::len)
+            + 64;
+        let max = self.shared.config.max_packet_size;
+        if size > max {
+            return Err(BrokerError::TooLarge { size, max });
+        }
         let deadline = Instant::now() + self.shared.config.unavailable_wait;
         loop {
             let submitted = {
@@ -632,6 +645,7 @@ impl Shared {
     fn deliver(&self, state: &mut LinkState, p: IncomingPublish) {
         let ids = &p.subscription_ids;
         let tagged = |tag: u32| ids.is_empty() || ids.contains(&(tag as usize));
+        let mut probed = false;
         if p.retain {
             for probe in state
                 .probes
@@ -640,8 +654,14 @@ impl Shared {
             {
                 if let Some(reply) = probe.reply.take() {
                     let _ = reply.send(message_of(&p, p.qos));
+                    probed = true;
                 }
             }
+        }
+        if probed && ids.is_empty() {
+            // Without subscription identifiers a retained copy caused by a
+            // probe cannot be told apart; keep it from local subscribers.
+            return;
         }
         state
             .subscriptions
@@ -864,6 +884,13 @@ fn convert_v5(event: rumqttc::v5::Event) -> LinkEvent {
     }
 }
 
+/// False once the link was dropped or closed: the event loop must not
+/// connect again (a stale connection with the same client id would make the
+/// broker disconnect its replacement).
+fn still_wanted(link: &std::sync::Weak<Shared>) -> bool {
+    link.upgrade().is_some_and(|shared| !shared.lock().closed)
+}
+
 /// Acknowledgements that were read before a connection failed still count.
 fn is_ack(event: &LinkEvent) -> bool {
     matches!(
@@ -879,6 +906,9 @@ async fn drive_v5(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::v5::Eve
     use rumqttc::v5::ConnectionError;
     let mut attempt = 0u32;
     loop {
+        if !still_wanted(&link) {
+            return;
+        }
         let polled = eventloop.poll().await;
         let Some(shared) = link.upgrade() else { return };
         match polled {
@@ -982,6 +1012,9 @@ async fn drive_v4(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::EventLo
     use rumqttc::{ConnectReturnCode, ConnectionError};
     let mut attempt = 0u32;
     loop {
+        if !still_wanted(&link) {
+            return;
+        }
         let polled = eventloop.poll().await;
         let Some(shared) = link.upgrade() else { return };
         match polled {
