@@ -246,7 +246,9 @@ impl Lane {
             }
         }
         self.transport.close();
-        self.transport.flush_backlog();
+        self.transport
+            .drain_backlog(Duration::from_millis(200))
+            .await;
         self.flush();
         LaneResult {
             counters: self.counters,

@@ -315,8 +315,10 @@ impl ObserveLane {
                 let _ = self.transport.send(&self.out);
             }
         }
-        self.transport.flush_backlog();
         self.transport.close();
+        self.transport
+            .drain_backlog(Duration::from_millis(200))
+            .await;
         self.shared.progress.merge_latency(&mut self.interval);
         ObserveResult {
             counters: self.counters,

@@ -62,7 +62,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
     let mut backoff = args.ack_timeout;
     let mut next_retransmit = confirmable.then(|| start + backoff);
     let mut retransmits = 0;
-    send(&mut transport, &out)?;
+    send(&mut transport, &out).await?;
     let mut buf = vec![0u8; 65_536];
     loop {
         let wake = next_retransmit.map_or(deadline, |at| at.min(deadline));
@@ -78,7 +78,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
                     retransmits += 1;
                     backoff *= 2;
                     next_retransmit = Some(now + backoff);
-                    send(&mut transport, &out)?;
+                    send(&mut transport, &out).await?;
                 }
                 continue;
             }
@@ -111,6 +111,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
                     } else if msg.token() == token {
                         print_response(&msg);
                         transport.close();
+                        transport.drain_backlog(Duration::from_millis(100)).await;
                         return Ok(0);
                     }
                 }
@@ -120,10 +121,11 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
                 MessageType::Con | MessageType::Non if msg.token() == token => {
                     if msg.mtype() == MessageType::Con {
                         let [hi, lo] = msg.message_id().to_be_bytes();
-                        send(&mut transport, &[0x60, 0, hi, lo])?;
+                        send(&mut transport, &[0x60, 0, hi, lo]).await?;
                     }
                     print_response(&msg);
                     transport.close();
+                    transport.drain_backlog(Duration::from_millis(100)).await;
                     return Ok(0);
                 }
                 _ => {}
@@ -132,10 +134,12 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
     }
 }
 
-fn send(transport: &mut Transport, datagram: &[u8]) -> anyhow::Result<()> {
+async fn send(transport: &mut Transport, datagram: &[u8]) -> anyhow::Result<()> {
     transport
         .send(datagram)
-        .map_err(|failure| anyhow::anyhow!("cannot send: {failure:?}"))
+        .map_err(|failure| anyhow::anyhow!("cannot send: {failure:?}"))?;
+    transport.drain_backlog(Duration::from_secs(1)).await;
+    Ok(())
 }
 
 fn print_response(msg: &MessageRef<'_>) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use coap_dtls::{ClientEvent, ClientSession, DtlsConnector};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
 /// Most datagrams kept while the socket is not writable; beyond, sends fail.
@@ -137,7 +137,16 @@ impl Transport {
         if !self.backlog.is_empty() {
             return self.queue(datagram);
         }
-        match self.socket.try_send_to(datagram, self.peer) {
+        // A direct non-blocking syscall: tokio's `try_send_to` refuses to
+        // try until its reactor has seen the socket writable once, which
+        // would push the first datagrams of every socket into the backlog.
+        let socket = SockRef::from(&self.socket);
+        let sent = if self.dtls.is_some() {
+            socket.send(datagram)
+        } else {
+            socket.send_to(datagram, &SockAddr::from(self.peer))
+        };
+        match sent {
             Ok(_) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.queue(datagram),
             // ICMP port unreachable from an earlier datagram: the server
@@ -158,12 +167,29 @@ impl Transport {
     /// Sends what the backlog holds until the socket would block again.
     pub(crate) fn flush_backlog(&mut self) {
         while let Some(datagram) = self.backlog.front() {
-            match self.socket.try_send_to(datagram, self.peer) {
+            let sent = if self.dtls.is_some() {
+                self.socket.try_send(datagram)
+            } else {
+                self.socket.try_send_to(datagram, self.peer)
+            };
+            match sent {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 _ => {
                     self.backlog.pop_front();
                 }
             }
+        }
+    }
+
+    /// Waits until the backlog is sent (bounded by `limit`).
+    pub(crate) async fn drain_backlog(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.has_backlog() && Instant::now() < deadline {
+            let writable = tokio::time::timeout_at(deadline.into(), self.socket.writable()).await;
+            if !matches!(writable, Ok(Ok(()))) {
+                return;
+            }
+            self.flush_backlog();
         }
     }
 
