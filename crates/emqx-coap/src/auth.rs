@@ -31,7 +31,11 @@
 //! the hash's memory cost): call [`AuthFile::authenticate`] from a blocking
 //! context (`tokio::task::spawn_blocking`) and bound how many run at once.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash as _, Hasher, RandomState};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use serde::Deserialize;
@@ -324,6 +328,79 @@ impl AuthFile {
     }
 }
 
+/// Remembers recent successful authentications for a while, so that
+/// connectionless mode (which authenticates every request) pays for a
+/// password hash once per `ttl` and client instead of once per request.
+///
+/// Only a 64-bit keyed hash of (username, password) is kept, with a random
+/// per-process key; failures are never cached. Opt-in: it trades the
+/// slowness of the stored hashes against memory exposure of the process.
+/// Use a new cache whenever the file is reloaded.
+#[derive(Debug)]
+pub struct AuthCache {
+    entries: Mutex<HashMap<u64, Instant>>,
+    keys: RandomState,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl AuthCache {
+    /// A cache of at most `capacity` entries, each valid for `ttl`.
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            keys: RandomState::new(),
+            capacity: capacity.max(1),
+            ttl,
+        }
+    }
+
+    /// [`AuthFile::authenticate`] through the cache, at time `now`.
+    pub fn authenticate_at(
+        &self,
+        file: &AuthFile,
+        username: &str,
+        password: &str,
+        now: Instant,
+    ) -> Result<(), AuthError> {
+        let mut h = self.keys.build_hasher();
+        username.hash(&mut h);
+        password.hash(&mut h);
+        let key = h.finish();
+        let cached = {
+            let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            entries.get(&key).is_some_and(|until| *until > now)
+        };
+        if cached {
+            return Ok(());
+        }
+        // The slow part runs without holding the lock.
+        file.authenticate(username, password)?;
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.capacity {
+            entries.retain(|_, until| *until > now);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(key, now + self.ttl);
+        Ok(())
+    }
+
+    /// Number of remembered authentications.
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// True if nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Rule {
     /// `Some(allow)` if the rule applies.
     fn decide(&self, who: Requester<'_>, action: Action, topic: &str) -> Option<bool> {
@@ -607,6 +684,43 @@ topic = "eq literal/#"
             username: None,
         };
         assert!(!f.authorize(sneaky, Action::Publish, "devices/dev1/secret/x"));
+    }
+
+    #[test]
+    fn cache_remembers_successes_only_and_expires() {
+        let f = file("");
+        let cache = AuthCache::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(
+            cache.authenticate_at(&f, "alice", "wrong", t0),
+            Err(AuthError::BadPassword)
+        );
+        assert!(cache.is_empty(), "failures are not cached");
+        assert_eq!(cache.authenticate_at(&f, "alice", "wonderland", t0), Ok(()));
+        assert_eq!(cache.len(), 1);
+        // A cached success is answered without the file: prove it with a
+        // file that no longer has the user.
+        let empty = AuthFile::parse("", Path::new("empty.toml")).unwrap();
+        assert_eq!(
+            cache.authenticate_at(&empty, "alice", "wonderland", t0),
+            Ok(())
+        );
+        assert_eq!(
+            cache.authenticate_at(&empty, "alice", "wonderland", t0 + Duration::from_secs(61)),
+            Err(AuthError::UnknownUser),
+            "expired"
+        );
+        // Username and password are hashed separately: ("alicew", "onderland") differs.
+        assert_eq!(
+            cache.authenticate_at(&empty, "alicew", "onderland", t0),
+            Err(AuthError::UnknownUser)
+        );
+        // Bounded.
+        cache.authenticate_at(&f, "bob", "builder", t0).unwrap();
+        cache
+            .authenticate_at(&f, "alice", "wonderland", t0 + Duration::from_secs(1))
+            .unwrap();
+        assert!(cache.len() <= 2);
     }
 
     #[test]
