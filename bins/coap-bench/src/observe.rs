@@ -68,13 +68,16 @@ struct ObserveLane {
     max_retransmit: u32,
     counters: Counters,
     delivery: Histogram<u64>,
+    /// Delivery latencies since the last flush (for the progress line).
     interval: Histogram<u64>,
+    registration: Histogram<u64>,
     with_timestamp: u64,
 }
 
 struct ObserveResult {
     counters: Counters,
     delivery: Histogram<u64>,
+    registration: Histogram<u64>,
     with_timestamp: u64,
     per_observer: Vec<u64>,
 }
@@ -171,6 +174,7 @@ pub(crate) async fn run(
             counters: Counters::default(),
             delivery: report::new_histogram(),
             interval: report::new_histogram(),
+            registration: report::new_histogram(),
             with_timestamp: 0,
         };
         tasks.spawn(lane.run());
@@ -194,7 +198,13 @@ pub(crate) async fn run(
     let publish = if let Some(rate) = args.publish_rate {
         let shape = RequestShape {
             mtype: req.mtype(),
-            code: Code::POST,
+            // `--method put` publishes with PUT (e.g. libcoap's dynamic
+            // resources); anything else with POST (EMQX `ps/{topic}`).
+            code: if req.method == crate::load::Method::Put {
+                Code::PUT
+            } else {
+                Code::POST
+            },
             content_format: req.content_format,
             observe: None,
             payload: req.payload_bytes(),
@@ -225,12 +235,14 @@ pub(crate) async fn run(
 
     let mut counters = Counters::default();
     let mut delivery = report::new_histogram();
+    let mut registration_latency = report::new_histogram();
     let mut with_timestamp = 0;
     let mut per_observer = Vec::with_capacity(observers);
     while let Some(result) = tasks.join_next().await {
         let result = result.context("an observe lane failed")?;
         counters.merge(&result.counters);
         let _ = delivery.add(&result.delivery);
+        let _ = registration_latency.add(&result.registration);
         with_timestamp += result.with_timestamp;
         per_observer.extend(result.per_observer);
     }
@@ -245,21 +257,19 @@ pub(crate) async fn run(
         clients: observers,
         sockets: lanes,
     };
-    let registration_latency = shared
-        .progress
-        .latency
-        .lock()
-        .map(|h| h.clone())
-        .map_err(|_| anyhow::anyhow!("histogram poisoned"))?;
     let now = Instant::now();
     let mut summary = Summary::new(&label, &counters, &registration_latency, now, now);
     summary.elapsed_s = duration.as_secs_f64();
     summary.throughput_rps = 0.0;
+    let notifications: u64 = per_observer.iter().sum();
     summary.observe = Some(ObserveSummary {
         observers,
         registered: shared.registered.load(Ordering::Relaxed),
         registration_failed: shared.failed.load(Ordering::Relaxed),
-        notifications: per_observer.iter().sum(),
+        notifications,
+        notifications_per_s: (notifications as f64 / duration.as_secs_f64().max(1e-9) * 10.0)
+            .round()
+            / 10.0,
         notifications_with_timestamp: with_timestamp,
         notifications_per_observer_min: per_observer.iter().copied().min().unwrap_or(0),
         notifications_per_observer_max: per_observer.iter().copied().max().unwrap_or(0),
@@ -323,6 +333,7 @@ impl ObserveLane {
         ObserveResult {
             counters: self.counters,
             delivery: self.delivery,
+            registration: self.registration,
             with_timestamp: self.with_timestamp,
             per_observer: self.observers.iter().map(|o| o.notifications).collect(),
         }
@@ -464,7 +475,9 @@ impl ObserveLane {
                 .fetch_add(1, Ordering::Relaxed);
             if let Some(sent) = find_timestamp(msg.payload()) {
                 self.with_timestamp += 1;
-                report::record(&mut self.delivery, wall_micros().saturating_sub(sent));
+                let micros = wall_micros().saturating_sub(sent);
+                report::record(&mut self.delivery, micros);
+                report::record(&mut self.interval, micros);
             }
             return;
         }
@@ -496,7 +509,7 @@ impl ObserveLane {
             observer.registered = true;
             let micros = now.saturating_duration_since(observer.started).as_micros();
             report::record(
-                &mut self.interval,
+                &mut self.registration,
                 u64::try_from(micros).unwrap_or(u64::MAX),
             );
             self.counters.last_response = Some(now);

@@ -26,7 +26,7 @@
 //! | `errors_total` | `reset + send + backlog` (requests that failed without a timeout) |
 //! | `throughput_rps` | `responses / elapsed_s` |
 //! | `latency_us` | object `min`, `p50`, `p90`, `p99`, `p999`, `max`, `mean` in µs; from the scheduled send time in open loop |
-//! | `observe` | observe mode only: `observers`, `registered`, `registration_failed`, `notifications`, `notifications_with_timestamp`, `notifications_per_observer_min`/`_max`, `delivery_latency_us` (same shape as `latency_us`, receive time minus the timestamp embedded by the publisher) |
+//! | `observe` | observe mode only (the top-level counters and `latency_us` then describe the registrations, `throughput_rps` is 0): `observers`, `registered`, `registration_failed`, `notifications`, `notifications_with_timestamp`, `notifications_per_observer_min`/`_max`, `notifications_per_s`, `delivery_latency_us` (same shape as `latency_us`, receive time minus the timestamp embedded by the publisher) |
 //! | `publish` | observe mode with `--publish-rate`: the publisher's own summary (same fields as the top level) |
 
 use std::collections::BTreeMap;
@@ -208,6 +208,16 @@ impl RunProgress {
                 .lock()
                 .map(|h| h.value_at_quantile(0.99))
                 .unwrap_or(0);
+            if self.lanes.is_empty() {
+                // Observe mode: notifications and their delivery latency.
+                eprintln!(
+                    "[{label} {:>4.0}s] notif {notifications} ({}/s) delivery p99 {p99}us",
+                    start.elapsed().as_secs_f64(),
+                    notifications.saturating_sub(last_notifications)
+                );
+                last_notifications = notifications;
+                continue;
+            }
             let mut line = format!(
                 "[{label} {:>4.0}s] {:>8}/s sent {sent} ok {responses} err {errors} timeout {timeouts} retx {retransmissions} p99 {p99}us",
                 start.elapsed().as_secs_f64(),
@@ -311,6 +321,8 @@ pub(crate) struct ObserveSummary {
     pub(crate) notifications_with_timestamp: u64,
     pub(crate) notifications_per_observer_min: u64,
     pub(crate) notifications_per_observer_max: u64,
+    /// Notifications per second over the observe period.
+    pub(crate) notifications_per_s: f64,
     pub(crate) delivery_latency_us: Latency,
 }
 
@@ -430,8 +442,9 @@ impl Summary {
             );
             let _ = writeln!(
                 out,
-                "{indent}notifications     {} ({} with timestamp; per observer min {} max {})",
+                "{indent}notifications     {} ({:.1}/s; {} with timestamp; per observer min {} max {})",
                 observe.notifications,
+                observe.notifications_per_s,
                 observe.notifications_with_timestamp,
                 observe.notifications_per_observer_min,
                 observe.notifications_per_observer_max

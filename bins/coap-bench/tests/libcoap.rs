@@ -108,3 +108,47 @@ fn observe_registers_and_counts_time_notifications() {
     );
     assert_eq!(summary["responses_by_code"]["2.05"], 3, "{summary}");
 }
+
+#[test]
+fn observe_fan_out_with_timestamped_publishes() {
+    let port = free_port(false);
+    let probe = format!("coap://127.0.0.1:{port}/time");
+    // -d: PUT creates observable resources that notify on every update.
+    let _server = start_libcoap("coap-server-notls", port, &["-d", "10"], &[&probe]);
+    let topic = format!("coap://127.0.0.1:{port}/bench-topic");
+    let created = run(&["request", "-m", "put", "-e", "first", &topic]);
+    assert!(String::from_utf8_lossy(&created.stdout).starts_with("2.01"));
+    let summary = load_json(&[
+        &topic,
+        "--observe",
+        "5",
+        "--publish-rate",
+        "100",
+        "--method",
+        "put",
+        "--non",
+        "--duration",
+        "1s",
+    ]);
+    let observe = &summary["observe"];
+    assert_eq!(observe["registered"], 5, "{summary}");
+    let publish = &summary["publish"];
+    let published = publish["responses_by_code"]["2.04"].as_u64().unwrap();
+    assert!(published >= 50, "{summary}");
+    // Every observer sees (nearly) every update; NON notifications on
+    // loopback are not lost in practice, but allow a little slack.
+    let min = observe["notifications_per_observer_min"].as_u64().unwrap();
+    assert!(min * 10 >= published * 9, "{summary}");
+    let with_ts = observe["notifications_with_timestamp"].as_u64().unwrap();
+    assert_eq!(
+        with_ts,
+        observe["notifications"].as_u64().unwrap(),
+        "{summary}"
+    );
+    let delivery = &observe["delivery_latency_us"];
+    assert!(delivery["p50"].as_u64().unwrap() > 0, "{summary}");
+    assert!(
+        delivery["p50"].as_u64() <= delivery["max"].as_u64(),
+        "{summary}"
+    );
+}
