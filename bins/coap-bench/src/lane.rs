@@ -653,6 +653,135 @@ pub(crate) fn xorshift(state: &mut u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::{RequestShape, Target};
+    use coap_codec::Code;
+
+    /// A lane with one closed-loop CON client aimed at `server`; nothing is
+    /// awaited: the tests call the lane's handlers with chosen instants.
+    fn lane(server: &std::net::UdpSocket, t0: Instant) -> Lane {
+        let target = Target::parse(&format!("coap://{}/x", server.local_addr().unwrap())).unwrap();
+        let shape = RequestShape {
+            mtype: MessageType::Con,
+            code: Code::GET,
+            content_format: None,
+            observe: None,
+            payload: Vec::new(),
+            timestamp: false,
+        };
+        let plan = Arc::new(Plan {
+            templates: vec![Template::build(&target, &shape, 0).unwrap()],
+            confirmable: true,
+            timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(2),
+            max_retransmit: 4,
+            warmup_end: t0,
+            stop_at: Some(t0 + Duration::from_secs(60)),
+            max_requests: None,
+            issued: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            progress: Arc::new(RunProgress::new(1)),
+        });
+        let transport = Transport::udp(target.addr).unwrap();
+        Lane::new(plan, 0, transport, vec![0], None, 42)
+    }
+
+    fn receive(server: &std::net::UdpSocket) -> (Vec<u8>, SocketAddr) {
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = server.recv_from(&mut buf).unwrap();
+        (buf[..n].to_vec(), from)
+    }
+
+    #[tokio::test]
+    async fn con_retransmits_then_times_out_in_virtual_time() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let t0 = Instant::now();
+        let mut lane = lane(&server, t0);
+        lane.issue(0, t0, t0);
+        let (first, _) = receive(&server);
+        // Not before ACK_TIMEOUT (2 s) …
+        lane.on_time(t0 + Duration::from_millis(1999));
+        assert_eq!(lane.counters.retransmissions, 0);
+        // … and by ACK_TIMEOUT × 1.5 at the latest: the same bytes again.
+        lane.on_time(t0 + Duration::from_millis(3000));
+        assert_eq!(lane.counters.retransmissions, 1);
+        let (again, _) = receive(&server);
+        assert_eq!(first, again);
+        // Doubling: the second retransmission comes 4–6 s after the first
+        // send, but the 5 s timeout ends the request at t0 + 5 s.
+        lane.on_time(t0 + Duration::from_millis(4999));
+        assert_eq!(lane.counters.timeouts, 0);
+        lane.on_time(t0 + Duration::from_secs(5));
+        assert_eq!(lane.counters.timeouts, 1);
+        // Closed loop: the client has sent its next request at once.
+        assert_eq!(lane.counters.sent, 2);
+        assert_eq!(lane.in_flight, 1);
+        let (next, _) = receive(&server);
+        assert_ne!(
+            MessageRef::parse(&next).unwrap().message_id(),
+            MessageRef::parse(&first).unwrap().message_id()
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_ack_stops_retransmission_and_separate_response_completes() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let t0 = Instant::now();
+        let mut lane = lane(&server, t0);
+        lane.issue(0, t0, t0);
+        let (request, _) = receive(&server);
+        let request = MessageRef::parse(&request).unwrap();
+        let [hi, lo] = request.message_id().to_be_bytes();
+        lane.on_coap(&[0x60, 0, hi, lo], t0 + Duration::from_millis(10));
+        lane.on_time(t0 + Duration::from_secs(4));
+        assert_eq!(
+            lane.counters.retransmissions, 0,
+            "an empty ACK stops retransmission"
+        );
+        // The separate response: CON 2.05 with the request's token.
+        let response = coap_codec::Message::new(MessageType::Con, Code::CONTENT, 0x7777)
+            .with_token(request.token().to_vec())
+            .to_bytes()
+            .unwrap();
+        lane.on_coap(&response, t0 + Duration::from_millis(4500));
+        assert_eq!(lane.counters.responses, 1);
+        assert_eq!(lane.counters.codes[usize::from(Code::CONTENT.to_u8())], 1);
+        // Latency from the send: 4.5 s.
+        assert_eq!(lane.interval.len(), 1);
+        assert!(lane.interval.max() >= 4_490_000 && lane.interval.max() <= 4_510_000);
+        // The CON response was acknowledged (then the next request went out).
+        let (ack, _) = receive(&server);
+        assert_eq!(ack, vec![0x60, 0, 0x77, 0x77]);
+        // A duplicate of the response matches nothing now and is rejected.
+        lane.on_coap(&response, t0 + Duration::from_millis(4600));
+        assert_eq!(lane.counters.unmatched, 1);
+        assert_eq!(lane.counters.responses, 1);
+    }
+
+    #[tokio::test]
+    async fn piggybacked_response_with_a_foreign_token_is_not_accepted() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let t0 = Instant::now();
+        let mut lane = lane(&server, t0);
+        lane.issue(0, t0, t0);
+        let (request, _) = receive(&server);
+        let request = MessageRef::parse(&request).unwrap();
+        let wrong = coap_codec::Message::new(MessageType::Ack, Code::CONTENT, request.message_id())
+            .with_token(vec![9u8; 8])
+            .to_bytes()
+            .unwrap();
+        lane.on_coap(&wrong, t0 + Duration::from_millis(1));
+        assert_eq!(lane.counters.responses, 0);
+        assert_eq!(lane.counters.unmatched, 1);
+        let right = coap_codec::Message::new(MessageType::Ack, Code::CONTENT, request.message_id())
+            .with_token(request.token().to_vec())
+            .to_bytes()
+            .unwrap();
+        lane.on_coap(&right, t0 + Duration::from_millis(2));
+        assert_eq!(lane.counters.responses, 1);
+    }
 
     #[test]
     fn tokens_round_trip() {
