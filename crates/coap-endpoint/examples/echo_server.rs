@@ -114,6 +114,7 @@ async fn main() {
             std::process::exit(1);
         });
     println!("listening on udp://{}", udp.local_addr().unwrap());
+    #[cfg_attr(not(feature = "dtls"), allow(unused_mut))]
     let mut tasks = vec![tokio::spawn(serve(
         udp,
         Arc::clone(&shared),

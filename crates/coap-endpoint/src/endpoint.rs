@@ -487,18 +487,18 @@ impl Endpoint {
 
         // Block2 follow-up served from the cache (RFC 7959 §2.4).
         let block2 = msg.block2();
-        if let Some(b2) = block2.filter(|b| b.num > 0) {
-            if let Some(cached) = self.block_cache.get(&(peer.clone(), uri.clone())) {
-                let szx = b2.szx.min(self.config.max_szx());
-                let reply = match segment(&cached.response, b2.num, szx) {
-                    Some(reply) => reply,
-                    None => Message::new(MessageType::Ack, Code::BAD_OPTION, 0)
-                        .with_payload(&b"block number out of range"[..]),
-                };
-                self.counters.stats.block2_cache_hits += 1;
-                self.reply_direct(now, &peer, msg, reply);
-                return;
-            }
+        if let Some(b2) = block2.filter(|b| b.num > 0)
+            && let Some(cached) = self.block_cache.get(&(peer.clone(), uri.clone()))
+        {
+            let szx = b2.szx.min(self.config.max_szx());
+            let reply = match segment(&cached.response, b2.num, szx) {
+                Some(reply) => reply,
+                None => Message::new(MessageType::Ack, Code::BAD_OPTION, 0)
+                    .with_payload(&b"block number out of range"[..]),
+            };
+            self.counters.stats.block2_cache_hits += 1;
+            self.reply_direct(now, &peer, msg, reply);
+            return;
         }
 
         // Block1 reassembly (RFC 7959 §2.5).
@@ -776,7 +776,7 @@ impl Endpoint {
     /// Removes a dedup entry if it still has `serial`; true if removed.
     fn remove_exchange(&mut self, peer: &Peer, mid: u16, serial: u64) -> bool {
         let key = (peer.clone(), mid);
-        if !self.exchanges.get(&key).is_some_and(|e| e.serial == serial) {
+        if self.exchanges.get(&key).is_none_or(|e| e.serial != serial) {
             return false;
         }
         self.exchanges.remove(&key);
@@ -827,14 +827,13 @@ impl Endpoint {
                 break;
             }
             let serial = *serial;
-            if let Some((_, _, key)) = self.reassembly_order.pop_front() {
-                if self
+            if let Some((_, _, key)) = self.reassembly_order.pop_front()
+                && self
                     .reassemblies
                     .get(&key)
                     .is_some_and(|r| r.serial == serial)
-                {
-                    self.drop_reassembly(&key);
-                }
+            {
+                self.drop_reassembly(&key);
             }
         }
     }
@@ -864,15 +863,14 @@ impl Endpoint {
             self.start_transmission(now, peer, replacement, flight.purpose);
             return;
         }
-        if let Purpose::Request(id) = flight.purpose {
-            if let Some(request) = self.client.get_mut(&id) {
-                if request.phase == ClientPhase::Sent {
-                    request.phase = ClientPhase::AwaitingSeparate;
-                    let at = now + self.config.response_timeout;
-                    request.deadline = Some(at);
-                    self.timers.push(Reverse((at, Timer::ClientDeadline(id))));
-                }
-            }
+        if let Purpose::Request(id) = flight.purpose
+            && let Some(request) = self.client.get_mut(&id)
+            && request.phase == ClientPhase::Sent
+        {
+            request.phase = ClientPhase::AwaitingSeparate;
+            let at = now + self.config.response_timeout;
+            request.deadline = Some(at);
+            self.timers.push(Reverse((at, Timer::ClientDeadline(id))));
         }
         self.send_next_queued(now, peer);
     }
@@ -1197,10 +1195,10 @@ impl Endpoint {
             }
             None => {
                 response.remove_option(OptionNumber::OBSERVE);
-                if pending.observe == ObserveIntent::Register {
-                    if let Some(&old) = self.relation_index.get(&key) {
-                        self.cancel_relation(old, Some(CancelReason::Declined));
-                    }
+                if pending.observe == ObserveIntent::Register
+                    && let Some(&old) = self.relation_index.get(&key)
+                {
+                    self.cancel_relation(old, Some(CancelReason::Declined));
                 }
             }
         }
@@ -1266,12 +1264,12 @@ impl Endpoint {
         szx: u8,
     ) -> Option<RelationId> {
         let key = (pending.peer.clone(), pending.token.clone());
-        if let Some(&existing) = self.relation_index.get(&key) {
-            if let Some(relation) = self.relations.get_mut(&existing) {
-                relation.uri = pending.uri.clone();
-                relation.szx = szx;
-                return Some(existing);
-            }
+        if let Some(&existing) = self.relation_index.get(&key)
+            && let Some(relation) = self.relations.get_mut(&existing)
+        {
+            relation.uri = pending.uri.clone();
+            relation.szx = szx;
+            return Some(existing);
         }
         let per_peer = self.peers.get(&pending.peer).map_or(0, |p| p.relations);
         if self.relations.len() >= self.config.max_relations
@@ -1315,10 +1313,10 @@ impl Endpoint {
             state
                 .queue
                 .retain(|q| q.purpose != Purpose::Notification(id));
-            if let Some(flight) = state.in_flight.as_mut() {
-                if flight.purpose == Purpose::Notification(id) {
-                    flight.replacement = None;
-                }
+            if let Some(flight) = state.in_flight.as_mut()
+                && flight.purpose == Purpose::Notification(id)
+            {
+                flight.replacement = None;
             }
         }
         if let Some(reason) = reason {
@@ -1451,10 +1449,10 @@ impl Endpoint {
         let mut moved_queue = Vec::new();
         if let Some(state) = self.peers.get_mut(old) {
             state.relations = state.relations.saturating_sub(ids.len());
-            if let Some(flight) = state.in_flight.as_ref() {
-                if matches!(flight.purpose, Purpose::Notification(_)) {
-                    moved_flight = state.in_flight.take();
-                }
+            if let Some(flight) = state.in_flight.as_ref()
+                && matches!(flight.purpose, Purpose::Notification(_))
+            {
+                moved_flight = state.in_flight.take();
             }
             let (notifications, rest): (VecDeque<Outgoing>, VecDeque<Outgoing>) = state
                 .queue
@@ -1541,11 +1539,7 @@ impl Endpoint {
     }
 
     fn remove_cached_body(&mut self, key: &(Peer, Vec<u8>), serial: u64) -> bool {
-        if !self
-            .block_cache
-            .get(key)
-            .is_some_and(|c| c.serial == serial)
-        {
+        if self.block_cache.get(key).is_none_or(|c| c.serial != serial) {
             return false;
         }
         if let Some(old) = self.block_cache.remove(key) {
@@ -1698,20 +1692,16 @@ impl Endpoint {
                     // RFC 7252 §5.3.2 / RFC 7641 §3.6: reject what we do not expect.
                     None => Some(Message::reset(mid)),
                 };
-                if let Some(reply) = reply {
-                    if let Ok(bytes) = reply.to_bytes_with(&self.codec) {
-                        if confirmable {
-                            self.set_exchange_state(
-                                &peer,
-                                mid,
-                                ExchangeState::Answered(bytes.clone()),
-                            );
-                        }
-                        self.transmits.push_back(Transmit {
-                            peer: peer.clone(),
-                            bytes,
-                        });
+                if let Some(reply) = reply
+                    && let Ok(bytes) = reply.to_bytes_with(&self.codec)
+                {
+                    if confirmable {
+                        self.set_exchange_state(&peer, mid, ExchangeState::Answered(bytes.clone()));
                     }
+                    self.transmits.push_back(Transmit {
+                        peer: peer.clone(),
+                        bytes,
+                    });
                 }
                 if let Some(id) = id {
                     // A separate response also completes a CON still waiting

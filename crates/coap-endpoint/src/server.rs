@@ -375,7 +375,9 @@ impl<T: Transport> Server<T> {
     ) -> io::Result<()> {
         let dispatch = move |request: IncomingRequestHandle| {
             requests.try_send(request).map_err(|error| match error {
-                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => {
+                    Box::new(r)
+                }
             })
         };
         self.drive(dispatch, shutdown).await
@@ -387,7 +389,7 @@ impl<T: Transport> Server<T> {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()>
     where
-        D: FnMut(IncomingRequestHandle) -> Result<(), IncomingRequestHandle>,
+        D: FnMut(IncomingRequestHandle) -> Result<(), Box<IncomingRequestHandle>>,
     {
         let mut buf = vec![0u8; RECEIVE_BUFFER];
         let mut waiting: HashMap<ClientRequestId, oneshot::Sender<Result<Message, ServerError>>> =
@@ -504,7 +506,7 @@ impl<T: Transport> Server<T> {
         waiting: &mut HashMap<ClientRequestId, oneshot::Sender<Result<Message, ServerError>>>,
         stopping: bool,
     ) where
-        D: FnMut(IncomingRequestHandle) -> Result<(), IncomingRequestHandle>,
+        D: FnMut(IncomingRequestHandle) -> Result<(), Box<IncomingRequestHandle>>,
     {
         loop {
             while let Some(event) = self.endpoint.poll_event() {
@@ -526,7 +528,7 @@ impl<T: Transport> Server<T> {
         waiting: &mut HashMap<ClientRequestId, oneshot::Sender<Result<Message, ServerError>>>,
         stopping: bool,
     ) where
-        D: FnMut(IncomingRequestHandle) -> Result<(), IncomingRequestHandle>,
+        D: FnMut(IncomingRequestHandle) -> Result<(), Box<IncomingRequestHandle>>,
     {
         let now = Instant::now();
         match event {

@@ -1,5 +1,10 @@
-#![cfg(feature = "dtls")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
 //! libcoap's DTLS clients (`coap-client-openssl`, `coap-client-gnutls`:
 //! two independent DTLS stacks) against `echo_server --dtls` with PSK.
 
@@ -11,7 +16,14 @@ const IDENTITY: &str = "sensor-1";
 const KEY: &str = "secret-key-1";
 
 fn server() -> EchoServer {
-    EchoServer::start(&["--dtls", "127.0.0.1:0", "--psk", &format!("{IDENTITY}:{KEY}"), "--psk", "other:x"])
+    EchoServer::start(&[
+        "--dtls",
+        "127.0.0.1:0",
+        "--psk",
+        &format!("{IDENTITY}:{KEY}"),
+        "--psk",
+        "other:x",
+    ])
 }
 
 fn check(tool: &str) {
@@ -30,13 +42,39 @@ fn check(tool: &str) {
     let get = run(&["-m", "get", &format!("{base}/store/d")]);
     assert_eq!(get.stdout.trim_end(), "v");
     let observe = run(&["-s", "3", &format!("{base}/counter")]);
-    let digits: String = observe.stdout.chars().filter(char::is_ascii_digit).collect();
-    assert!(digits.len() >= 3, "notifications over DTLS: {:?}", observe.stdout);
+    let digits: String = observe
+        .stdout
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    assert!(
+        digits.len() >= 3,
+        "notifications over DTLS: {:?}",
+        observe.stdout
+    );
     let large = run(&["-b", "256", &format!("{base}/large")]);
-    assert_eq!(large.stdout.strip_suffix('\n').unwrap_or(&large.stdout).len(), 5000);
+    assert_eq!(
+        large
+            .stdout
+            .strip_suffix('\n')
+            .unwrap_or(&large.stdout)
+            .len(),
+        5000
+    );
 
     // A wrong key does not get an answer.
-    let wrong = run_client(tool, &["-u", IDENTITY, "-k", "wrong", "-B", "3", &format!("{base}/echo")]);
+    let wrong = run_client(
+        tool,
+        &[
+            "-u",
+            IDENTITY,
+            "-k",
+            "wrong",
+            "-B",
+            "3",
+            &format!("{base}/echo"),
+        ],
+    );
     assert!(!wrong.stdout.contains("over-dtls"));
 }
 
