@@ -199,6 +199,24 @@ impl OptionNumber {
         })
     }
 
+    /// Largest value length the encoder accepts: the registered maximum for
+    /// a known option, otherwise what the wire format can express (65804).
+    /// A plain match so the encoder's per-option check stays cheap.
+    pub const fn max_value_len(self) -> usize {
+        match self.0 {
+            5 => 0,
+            16 | 258 => 1,
+            7 | 12 | 17 => 2,
+            6 | 19 | 23 | 27 | 31 => 3,
+            14 | 28 | 60 => 4,
+            1 | 4 | 292 => 8,
+            252 => 40,
+            3 | 8 | 9 | 11 | 15 | 20 | 39 => 255,
+            35 => 1034,
+            _ => crate::encode::MAX_OPTION_VALUE_LEN,
+        }
+    }
+
     /// True when this crate has a definition for the number.
     pub const fn is_known(self) -> bool {
         self.definition().is_some()
@@ -276,6 +294,14 @@ mod tests {
             assert_eq!(n.is_unsafe(), u, "{n} unsafe");
             assert_eq!(n.is_no_cache_key(), nck, "{n} no-cache-key");
         }
+    }
+
+    #[test]
+    fn max_value_len_agrees_with_definitions() {
+        for n in OptionNumber::KNOWN {
+            assert_eq!(n.max_value_len(), n.definition().unwrap().max_len, "{n}");
+        }
+        assert_eq!(OptionNumber(2049).max_value_len(), 65804);
     }
 
     #[test]

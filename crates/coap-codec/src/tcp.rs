@@ -15,7 +15,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::code::Code;
-use crate::encode::{Extended, extended_token_len_bytes, put_extended, token_length_fields};
+use crate::encode::{BufSink, Extended, extended_len_bytes, token_length_fields};
 use crate::error::{EncodeError, MessagePart, ParseError};
 use crate::header::MessageType;
 use crate::message::Message;
@@ -158,10 +158,10 @@ pub fn tcp_frame_len(input: &[u8]) -> Option<u64> {
 impl Message {
     /// Number of bytes [`Message::encode_tcp`] writes.
     pub fn tcp_encoded_len(&self) -> usize {
-        let body = self.body_len();
+        let body = self.options_len() + self.payload_part_len();
         1 + frame_len_ext_bytes(body)
             + 1
-            + extended_token_len_bytes(self.token.len())
+            + extended_len_bytes(self.token.len())
             + self.token.len()
             + body
     }
@@ -176,7 +176,7 @@ impl Message {
         if self.code.is_reserved_class() {
             return Err(EncodeError::ReservedCodeClass { code: self.code });
         }
-        self.check(settings)?;
+        let options_len = self.check(settings)?;
         let needed = self.tcp_encoded_len();
         if buf.remaining_mut() < needed {
             return Err(EncodeError::BufferTooSmall {
@@ -184,15 +184,17 @@ impl Message {
                 available: buf.remaining_mut(),
             });
         }
-        let body = self.body_len();
+        let body = options_len + self.payload_part_len();
         let (len_nibble, len_ext) = frame_len_fields(body);
         let (tkl, tkl_ext) = token_length_fields(self.token.len());
         buf.put_u8((len_nibble << 4) | tkl);
-        put_extended(buf, len_ext);
-        buf.put_u8(self.code.to_u8());
-        put_extended(buf, tkl_ext);
-        buf.put_slice(&self.token);
-        self.put_body(buf);
+        let mut sink = BufSink(buf);
+        len_ext.write(&mut sink);
+        sink.0.put_u8(self.code.to_u8());
+        tkl_ext.write(&mut sink);
+        sink.0.put_slice(&self.token);
+        self.write_options(&mut sink);
+        self.put_payload(buf);
         Ok(needed)
     }
 

@@ -133,41 +133,76 @@ pub(crate) fn byte(what: MessagePart, input: &[u8]) -> WireResult<'_, u8> {
     part(what, be_u8)(input)
 }
 
-/// RFC 7252 §3.1: the extended form of an option delta or length nibble.
-fn nibble_value(nibble: u8, input: &[u8]) -> WireResult<'_, u32> {
-    match nibble {
-        13 => be_u8.map(|v| u32::from(v) + 13).parse(input),
-        14 => be_u16.map(|v| u32::from(v) + 269).parse(input),
-        _ => Ok((input, u32::from(nibble))),
-    }
-}
-
 /// RFC 7252 §3.1: one option: the delta/length byte, extended delta,
 /// extended length, then the value. Nibble 15 is reserved in both fields
 /// (the byte 0xFF, the payload marker, is handled by the caller).
 /// Returns `(delta, value)`.
+///
+/// This is the innermost loop of every parse and of option iteration, so it
+/// is written directly over slice patterns rather than composed from nom's
+/// `be_u8`/`take`, whose calls were not inlined: validating the 7-option
+/// CON POST of `benches/benches/codec.rs` took 53–70 ns with the combinator
+/// version and 30 ns with this one (same run, 2-core machine). It keeps the
+/// nom parser signature and error type.
 #[inline]
 pub(crate) fn option(input: &[u8]) -> WireResult<'_, (u32, &[u8])> {
-    let (rest, first) = part(MessagePart::OptionHeader, be_u8)(input)?;
-    let delta_nibble = first >> 4;
-    let len_nibble = first & 0x0f;
-    if delta_nibble == 15 {
-        return Err(WireError::at(input, WireErrorKind::ReservedDelta));
+    let Some((&first, rest)) = input.split_first() else {
+        return Err(WireError::at(
+            input,
+            WireErrorKind::Truncated(MessagePart::OptionHeader),
+        ));
+    };
+    let (delta, rest) = match extended_nibble(first >> 4, rest) {
+        Extension::Value(v, rest) => (v, rest),
+        Extension::Reserved => return Err(WireError::at(input, WireErrorKind::ReservedDelta)),
+        Extension::Short => return Err(truncated_header(input)),
+    };
+    let (len, rest) = match extended_nibble(first & 0x0f, rest) {
+        Extension::Value(v, rest) => (v, rest),
+        Extension::Reserved => return Err(WireError::at(input, WireErrorKind::ReservedLength)),
+        Extension::Short => return Err(truncated_header(input)),
+    };
+    match rest.split_at_checked(len as usize) {
+        Some((value, rest)) => Ok((rest, (delta, value))),
+        None => Err(WireError::at(
+            rest,
+            WireErrorKind::Truncated(MessagePart::OptionValue),
+        )),
     }
-    if len_nibble == 15 {
-        return Err(WireError::at(input, WireErrorKind::ReservedLength));
-    }
-    let (rest, delta) = nibble_value(delta_nibble, rest).map_err(|e| truncated_at(e, input))?;
-    let (rest, len) = nibble_value(len_nibble, rest).map_err(|e| truncated_at(e, input))?;
-    let (rest, value) = part(MessagePart::OptionValue, take(len))(rest)?;
-    Ok((rest, (delta, value)))
 }
 
-fn truncated_at(e: nom::Err<WireError>, option_start: &[u8]) -> nom::Err<WireError> {
-    e.map(|_| WireError {
-        remaining: option_start.len(),
-        kind: WireErrorKind::Truncated(MessagePart::OptionHeader),
-    })
+enum Extension<'a> {
+    Value(u32, &'a [u8]),
+    Reserved,
+    Short,
+}
+
+/// RFC 7252 §3.1: nibble 0–12 is the value; 13 adds one byte (`+ 13`),
+/// 14 adds two bytes (`+ 269`), 15 is reserved.
+#[inline(always)]
+fn extended_nibble(nibble: u8, input: &[u8]) -> Extension<'_> {
+    match nibble {
+        0..=12 => Extension::Value(u32::from(nibble), input),
+        13 => match input {
+            [b, rest @ ..] => Extension::Value(u32::from(*b) + 13, rest),
+            [] => Extension::Short,
+        },
+        14 => match input {
+            [hi, lo, rest @ ..] => {
+                Extension::Value(u32::from(u16::from_be_bytes([*hi, *lo])) + 269, rest)
+            }
+            _ => Extension::Short,
+        },
+        _ => Extension::Reserved,
+    }
+}
+
+#[cold]
+fn truncated_header(option_start: &[u8]) -> nom::Err<WireError> {
+    WireError::at(
+        option_start,
+        WireErrorKind::Truncated(MessagePart::OptionHeader),
+    )
 }
 
 /// The outcome of scanning the options and payload region.
