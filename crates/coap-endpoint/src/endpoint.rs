@@ -1389,10 +1389,19 @@ impl Endpoint {
                 notification = first;
             }
         }
-        // Fail early, before any state changes, on what cannot be encoded.
+        // Refuse what cannot be encoded (e.g. an oversized option from the
+        // application) instead of queueing it.
         notification.to_bytes_with(&self.codec)?;
         self.counters.stats.notifications += 1;
         self.counters.response_out(notification.code);
+        if ends {
+            // The final notification supersedes anything still queued for
+            // the relation; it goes out as a plain CON of its own so that
+            // ending the relation does not discard it.
+            self.cancel_relation(relation, None);
+            self.enqueue_con(now, &peer, notification, Purpose::Separate(None));
+            return Ok(());
+        }
         let in_flight_same = self
             .peers
             .get(&peer)
@@ -1406,9 +1415,6 @@ impl Endpoint {
             let mid = notification.message_id;
             self.send_message(&peer, &notification);
             self.remember_non_notification(&peer, mid, relation);
-        }
-        if ends {
-            self.cancel_relation(relation, None);
         }
         Ok(())
     }

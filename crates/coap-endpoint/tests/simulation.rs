@@ -53,7 +53,14 @@ fn con_retransmission_schedule_doubles_within_bounds_and_gives_up() {
             .client
             .send_request(sim.now, sim.server_peer.clone(), get("x"), true)
             .unwrap();
-        sim.run_for(Duration::from_secs(200));
+        let failed_in_time = sim.run_until(Duration::from_secs(200), |s| {
+            s.client_events
+                .iter()
+                .any(|e| matches!(e, Event::RequestFailed { .. }))
+        });
+        assert!(failed_in_time);
+        let gave_up_at = sim.elapsed().as_secs_f64();
+        sim.run_for(Duration::from_secs(100));
         let sent = sim.sent(Dir::ToServer);
         assert_eq!(sent.len(), 5, "1 transmission + MAX_RETRANSMIT 4");
         let mid = sent[0].message.message_id;
@@ -87,6 +94,10 @@ fn con_retransmission_schedule_doubles_within_bounds_and_gives_up() {
             .collect();
         assert_eq!(failed, vec![(id, RequestFailure::Timeout)]);
         // Gives up 16 * T0 after the last retransmission: 31 * T0 in total.
+        assert!(
+            (gave_up_at - 31.0 * first).abs() < 1e-3,
+            "gave up at {gave_up_at}, T0 {first}"
+        );
         assert_eq!(sim.client.stats().give_ups, 1);
         assert_eq!(sim.client.stats().retransmissions, 4);
     }
@@ -589,6 +600,34 @@ fn ack_of_the_old_notification_sends_the_replacement_at_once() {
     let sent = s.send(&Message::empty_ack(first[0].message_id));
     assert_eq!(sent.len(), 1);
     assert_eq!(&sent[0].payload[..], b"new");
+}
+
+#[test]
+fn error_notification_ends_the_relation_and_is_still_delivered() {
+    let mut s = Script::new(config(1));
+    let relation = register(&mut s, b"tok", 1);
+    s.ep.notify(s.now, relation, notification("a"), true)
+        .unwrap();
+    let first = s.transmits();
+    // While "a" is unacknowledged the resource goes away: 4.04 ends the relation.
+    s.ep.notify(s.now, relation, response(Code::NOT_FOUND), false)
+        .unwrap();
+    assert_eq!(s.ep.stats().observers, 0);
+    assert!(
+        s.ep.notify(s.now, relation, notification("b"), false)
+            .is_err()
+    );
+    let next = s.send(&Message::empty_ack(first[0].message_id));
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].code, Code::NOT_FOUND);
+    assert_eq!(
+        next[0].mtype,
+        MessageType::Con,
+        "the final notification is confirmable"
+    );
+    assert!(next[0].observe().is_none(), "and carries no Observe option");
+    assert_eq!(&next[0].token[..], b"tok");
+    assert!(s.events().is_empty(), "the application ended it: no event");
 }
 
 #[test]
