@@ -243,8 +243,6 @@ async fn shared_subscriptions_are_reference_counted_at_the_broker() {
     let url = mqtt_url();
     let p = unique_prefix("rc");
     let t = format!("{p}/x");
-    // A retained message is sent by the broker on every *new* broker-level
-    // subscription, which makes SUBSCRIBE/UNSUBSCRIBE visible.
     external_publish_retained(&url, &t, "r").await;
     let mut config = MqttConfig::from_url(&url).unwrap();
     config.session = SessionModel::Shared { connections: 1 };
@@ -252,24 +250,24 @@ async fn shared_subscriptions_are_reference_counted_at_the_broker() {
     let c = ClientInfo::default();
     let f = filter(&t);
 
-    broker
-        .subscribe(&c, SubscriberId(1), &f, Qos::AtLeastOnce)
-        .await
-        .unwrap();
-    let d = next(&mut rx).await;
-    assert_eq!(
-        (d.subscriber, d.message.retain, &d.message.payload[..]),
-        (SubscriberId(1), true, &b"r"[..])
-    );
-    // Second local subscriber: no second SUBSCRIBE, so no retained copy.
-    broker
-        .subscribe(&c, SubscriberId(2), &f, Qos::AtLeastOnce)
-        .await
-        .unwrap();
+    // Each subscriber gets the retained message in its own answer, and only
+    // there (not as a delivery to the other subscriber).
+    for id in [1, 2] {
+        let s = broker
+            .subscribe(&c, SubscriberId(id), &f, Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        assert_eq!(s.retained.len(), 1, "subscriber {id}");
+        assert_eq!(
+            (&s.retained[0].payload[..], s.retained[0].retain),
+            (&b"r"[..], true)
+        );
+    }
     assert_eq!(broker.broker_filters(), 1);
     nothing_more(&mut rx).await;
 
-    // Both get live messages once.
+    // One broker subscription: one PUBLISH from the broker, fanned out to both.
+    let before = broker.messages_received();
     external_publish(&url, &t, "live", 1).await;
     let mut subs = vec![
         next(&mut rx).await.subscriber.0,
@@ -277,6 +275,7 @@ async fn shared_subscriptions_are_reference_counted_at_the_broker() {
     ];
     subs.sort();
     assert_eq!(subs, vec![1, 2]);
+    assert_eq!(broker.messages_received(), before + 1);
 
     // After the first leaves, the second still receives.
     broker.unsubscribe(&c, SubscriberId(1), &f).await.unwrap();
@@ -285,16 +284,35 @@ async fn shared_subscriptions_are_reference_counted_at_the_broker() {
     assert_eq!(next(&mut rx).await.subscriber, SubscriberId(2));
     nothing_more(&mut rx).await;
 
-    // After the last leaves, the broker subscription is gone: a new
-    // subscriber triggers a new SUBSCRIBE and gets the retained message.
+    // After the last leaves, the broker stops sending: UNSUBSCRIBE went out.
     broker.unsubscribe(&c, SubscriberId(2), &f).await.unwrap();
     assert_eq!(broker.broker_filters(), 0);
+    // A QoS 1 round trip on the same connection proves the broker has
+    // processed the UNSUBSCRIBE sent before it.
     broker
+        .publish(
+            &c,
+            Publish::new(topic(&format!("{p}/sync")), "s").qos(Qos::AtLeastOnce),
+        )
+        .await
+        .unwrap();
+    let before = broker.messages_received();
+    external_publish(&url, &t, "nobody", 1).await;
+    nothing_more(&mut rx).await;
+    assert_eq!(
+        broker.messages_received(),
+        before,
+        "no PUBLISH for an unsubscribed filter"
+    );
+
+    // Subscribing again subscribes at the broker again.
+    let s = broker
         .subscribe(&c, SubscriberId(3), &f, Qos::AtLeastOnce)
         .await
         .unwrap();
-    let d = next(&mut rx).await;
-    assert_eq!((d.subscriber, d.message.retain), (SubscriberId(3), true));
+    assert_eq!(s.retained.len(), 1);
+    external_publish(&url, &t, "again", 1).await;
+    assert_eq!(next(&mut rx).await.subscriber, SubscriberId(3));
 
     // Disconnecting a client drops its subscriptions.
     let dev = ClientInfo::with_clientid(format!("{p}-dev"));
@@ -313,6 +331,38 @@ async fn shared_subscriptions_are_reference_counted_at_the_broker() {
     external_publish(&url, &format!("{p}/dev/1"), "gone", 1).await;
     nothing_more(&mut rx).await;
     external_publish_retained(&url, &t, "").await;
+}
+
+#[tokio::test]
+async fn wildcard_subscribers_get_retained_messages_as_their_own_deliveries() {
+    let url = mqtt_url();
+    let p = unique_prefix("wret");
+    for (leaf, payload) in [("a", "ra"), ("b", "rb")] {
+        external_publish_retained(&url, &format!("{p}/w/{leaf}"), payload).await;
+    }
+    let mut config = MqttConfig::from_url(&url).unwrap();
+    config.session = SessionModel::Shared { connections: 1 };
+    let (broker, mut rx) = started(config).await;
+    let c = ClientInfo::default();
+    let f = filter(&format!("{p}/w/+"));
+    for id in [1, 2] {
+        let s = broker
+            .subscribe(&c, SubscriberId(id), &f, Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        assert!(s.retained.is_empty());
+        let mut got = [next(&mut rx).await, next(&mut rx).await];
+        got.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
+        for (d, payload) in got.iter().zip(["ra", "rb"]) {
+            assert_eq!(d.subscriber, SubscriberId(id), "only the new subscriber");
+            assert!(d.message.retain);
+            assert_eq!(d.message.payload, payload);
+        }
+        nothing_more(&mut rx).await;
+    }
+    for leaf in ["a", "b"] {
+        external_publish_retained(&url, &format!("{p}/w/{leaf}"), "").await;
+    }
 }
 
 async fn external_publish_retained(url: &str, topic: &str, payload: &str) {

@@ -154,7 +154,9 @@ impl EmbeddedBroker {
         Ok(delivered)
     }
 
-    /// Subscribes at time `now`; returns the matching retained messages.
+    /// Subscribes at time `now`. An exact topic's retained message is
+    /// returned; a wildcard filter's retained messages are queued to the
+    /// subscriber's deliveries (see [`Subscribed::retained`]).
     pub fn subscribe_at(
         &self,
         client: &ClientInfo,
@@ -184,7 +186,11 @@ impl EmbeddedBroker {
                 }
             });
             found.sort_by(|a, b| a.topic.cmp(&b.topic));
-            found
+            // Wildcard: the retained messages follow as deliveries.
+            for message in found {
+                self.hub.push_at(subscriber, message, now);
+            }
+            Vec::new()
         } else {
             retained_of(&mut state, filter.as_str(), now)
                 .map(|r| r.to_message(filter.as_str(), qos, now))
@@ -356,8 +362,17 @@ mod tests {
         let s = b
             .subscribe_at(&c, SubscriberId(1), &filter("r/+"), Qos::AtLeastOnce, now)
             .unwrap();
-        let got: Vec<(&str, &[u8], Qos, bool)> = s
-            .retained
+        assert!(
+            s.retained.is_empty(),
+            "wildcard: retained messages are deliveries"
+        );
+        let queued: Vec<Message> = std::iter::from_fn(|| rx.try_recv_at(now))
+            .map(|d| {
+                assert_eq!(d.subscriber, SubscriberId(1));
+                d.message
+            })
+            .collect();
+        let got: Vec<(&str, &[u8], Qos, bool)> = queued
             .iter()
             .map(|m| (m.topic.as_str(), &m.payload[..], m.qos, m.retain))
             .collect();
@@ -388,43 +403,60 @@ mod tests {
 
     #[test]
     fn retained_expires_in_virtual_time() {
-        let (b, _rx) = EmbeddedBroker::new(EmbeddedConfig::default());
+        let (b, mut rx) = EmbeddedBroker::new(EmbeddedConfig::default());
+        let c = ClientInfo::default();
         let t0 = Instant::now();
+        let secs = Duration::from_secs;
         b.publish_at(
             Publish::new(topic("e/x"), "v")
                 .retain(true)
-                .expiry(Some(Duration::from_secs(10))),
+                .expiry(Some(secs(10))),
             t0,
         )
         .unwrap();
-        let m = b
-            .retained_at(&topic("e/x"), t0 + Duration::from_secs(4))
-            .unwrap();
-        assert_eq!(m.expiry, Some(Duration::from_secs(6)));
+        let m = b.retained_at(&topic("e/x"), t0 + secs(4)).unwrap();
+        assert_eq!(m.expiry, Some(secs(6)));
         let s = b
             .subscribe_at(
-                &ClientInfo::default(),
+                &c,
                 SubscriberId(1),
-                &filter("e/#"),
+                &filter("e/x"),
                 Qos::AtMostOnce,
-                t0 + Duration::from_secs(9),
+                t0 + secs(9),
             )
             .unwrap();
         assert_eq!(s.retained.len(), 1);
-        assert!(
-            b.retained_at(&topic("e/x"), t0 + Duration::from_secs(10))
-                .is_none()
-        );
+        assert_eq!(s.retained[0].expiry, Some(secs(1)));
+        b.subscribe_at(
+            &c,
+            SubscriberId(2),
+            &filter("e/#"),
+            Qos::AtMostOnce,
+            t0 + secs(9),
+        )
+        .unwrap();
+        let d = rx.try_recv_at(t0 + secs(9)).unwrap();
+        assert_eq!((d.subscriber, d.message.retain), (SubscriberId(2), true));
+        assert!(b.retained_at(&topic("e/x"), t0 + secs(10)).is_none());
         let s = b
             .subscribe_at(
-                &ClientInfo::default(),
-                SubscriberId(2),
-                &filter("e/#"),
+                &c,
+                SubscriberId(3),
+                &filter("e/x"),
                 Qos::AtMostOnce,
-                t0 + Duration::from_secs(11),
+                t0 + secs(11),
             )
             .unwrap();
         assert!(s.retained.is_empty());
+        b.subscribe_at(
+            &c,
+            SubscriberId(4),
+            &filter("e/#"),
+            Qos::AtMostOnce,
+            t0 + secs(11),
+        )
+        .unwrap();
+        assert!(rx.try_recv_at(t0 + secs(11)).is_none());
     }
 
     #[test]

@@ -175,10 +175,11 @@ pub struct Message {
 pub struct Subscribed {
     /// Granted QoS.
     pub qos: Option<Qos>,
-    /// Retained messages matching the filter that are known right now
-    /// (delivered QoS already applied). With the MQTT broker, retained
-    /// messages the external broker sends after a *new* broker-level
-    /// subscription arrive through [`Deliveries`] instead, with `retain` set.
+    /// For a filter without wildcards: the topic's retained message, if
+    /// any (delivered QoS applied), for the 2.05 that answers the observe.
+    /// For a wildcard filter this is empty: the matching retained messages
+    /// are queued to [`Deliveries`] for this subscriber (with `retain`
+    /// set), to be sent as notifications.
     pub retained: Vec<Message>,
 }
 

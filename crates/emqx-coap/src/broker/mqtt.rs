@@ -26,14 +26,19 @@
 //! negative (the broker got the message but the ack was lost), never a false
 //! positive.
 //!
-//! Retained messages: MQTT has no "read retained" request.
-//! [`Broker::retained`] subscribes to the topic, takes the retained message
-//! the broker sends after the SUBACK (waiting at most
-//! [`MqttConfig::retained_probe_wait`]) and unsubscribes again. When the
-//! filter already has local subscribers they receive that retained message
-//! too. A subscribe that creates a broker-level subscription gets the
-//! broker's retained messages through [`Deliveries`] (with `retain` set),
-//! not in [`Subscribed::retained`].
+//! Retained messages: MQTT has no "read retained" request, but a broker
+//! sends the matching retained messages after every SUBSCRIBE (with the
+//! retain flag set; live messages never carry it, as retain-as-published is
+//! not requested). So every local subscribe sends a SUBSCRIBE (the first
+//! one creates the broker-level subscription, later ones renew it) and
+//! registers a probe that routes the retained copies to the new subscriber
+//! only: for an exact topic the message is returned in
+//! [`Subscribed::retained`] (the subscribe waits up to
+//! [`MqttConfig::retained_probe_wait`] after the SUBACK when the topic has
+//! none); for a wildcard filter the copies are queued to the subscriber's
+//! [`Deliveries`] as they arrive. [`Broker::retained`] subscribes, takes the
+//! copy and unsubscribes again. Retained copies sent after a reconnect's
+//! re-SUBSCRIBE go to all local subscribers of the filter.
 //!
 //! TLS: `mqtts://host[:port]` (default port 8883) through native-tls
 //! (OpenSSL), verifying the broker's certificate and host name against the
@@ -154,8 +159,10 @@ pub struct MqttConfig {
     /// How long a QoS ≥ 1 publish or a subscribe waits for its ack on a
     /// live connection. Default is 10 s.
     pub ack_timeout: Duration,
-    /// How long [`Broker::retained`] waits for the retained message after
-    /// the SUBACK. Default is 200 ms.
+    /// How long a subscribe to an exact topic and [`Broker::retained`] wait
+    /// for the retained message after the SUBACK (brokers send it right
+    /// after the SUBACK; one arriving later still reaches the subscriber, as
+    /// a delivery). Default is 100 ms.
     pub retained_probe_wait: Duration,
     /// First reconnect delay, doubled per failed attempt. Default is 100 ms.
     pub reconnect_min: Duration,
@@ -205,7 +212,7 @@ impl MqttConfig {
             connect_timeout: Duration::from_secs(5),
             unavailable_wait: Duration::from_secs(2),
             ack_timeout: Duration::from_secs(10),
-            retained_probe_wait: Duration::from_millis(200),
+            retained_probe_wait: Duration::from_millis(100),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             request_capacity: 1024,
@@ -312,6 +319,15 @@ impl MqttBroker {
         }
     }
 
+    /// PUBLISH packets received from the external broker so far (all
+    /// connections), whether or not a local subscriber wanted them.
+    pub fn messages_received(&self) -> u64 {
+        match &self.model {
+            Model::Shared(links) => links.iter().map(Link::received).sum(),
+            Model::PerClient(map) => Self::clients(map).values().map(|l| l.received()).sum(),
+        }
+    }
+
     fn shared_link<'l>(links: &'l [Link], key: &str) -> Option<&'l Link> {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
@@ -404,22 +420,22 @@ impl MqttBroker {
         qos: Qos,
     ) -> Result<Subscribed, BrokerError> {
         let clientid = client.clientid.as_deref();
-        match &self.model {
+        let retained = match &self.model {
             Model::Shared(links) => {
                 let link = Self::shared_link(links, filter.as_str())
                     .ok_or_else(|| BrokerError::Config("no connections".into()))?;
                 link.subscribe(clientid, subscriber, filter.as_str(), qos)
-                    .await?;
+                    .await?
             }
             Model::PerClient(map) => {
                 let link = self.client_link(map, client).await?;
                 link.subscribe(clientid, subscriber, filter.as_str(), qos)
-                    .await?;
+                    .await?
             }
-        }
+        };
         Ok(Subscribed {
             qos: Some(qos),
-            retained: Vec::new(),
+            retained,
         })
     }
 

@@ -18,6 +18,7 @@
 //! means no publish is ever reported as accepted without its ack.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use super::{MqttConfig, MqttProtocol};
 use crate::broker::embedded::expiry_secs;
 use crate::broker::subscriptions::LocalSubscriptions;
 use crate::broker::{BrokerError, DeliveryHub, Message, Publish, Qos, SubscriberId, min_qos};
+use crate::topic::{has_wildcard, matches};
 
 /// Connection status as seen by callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,10 +62,22 @@ enum SubAckTarget {
     Waiter(Waiter),
 }
 
+/// Catches the retained messages the broker sends in answer to one
+/// SUBSCRIBE (they are the only messages that arrive with the retain flag
+/// set, since we never ask for retain-as-published), so they go to whoever
+/// subscribed and not to every local subscriber of the filter.
 struct Probe {
-    topic: String,
+    id: u64,
+    filter: String,
     tag: u32,
-    reply: Option<oneshot::Sender<Message>>,
+    target: ProbeTarget,
+}
+
+enum ProbeTarget {
+    /// Exact topic: the first retained copy, for the waiting caller.
+    Reply(Option<oneshot::Sender<Message>>),
+    /// Wildcard filter: retained copies queued for one local subscriber.
+    Subscriber { id: SubscriberId, qos: Qos },
 }
 
 struct LinkState {
@@ -82,6 +96,7 @@ struct LinkState {
     /// Whether SUBSCRIBE carries our tag as Subscription Identifier.
     subscription_ids: bool,
     probes: Vec<Probe>,
+    next_probe: u64,
 }
 
 enum LinkClient {
@@ -101,6 +116,8 @@ struct Shared {
     config: Arc<MqttConfig>,
     /// Credentials this link connected with (per-client model).
     credentials: Option<(Option<String>, Option<String>)>,
+    /// PUBLISH packets received from the broker.
+    received: AtomicU64,
 }
 
 /// What the event loop reports, independent of the MQTT version.
@@ -165,6 +182,7 @@ impl Link {
             next_tag: 1,
             subscription_ids: false,
             probes: Vec::new(),
+            next_probe: 0,
         });
         match config.protocol {
             MqttProtocol::V5 => {
@@ -189,6 +207,7 @@ impl Link {
                     hub,
                     config,
                     credentials,
+                    received: AtomicU64::new(0),
                 });
                 tokio::spawn(drive_v5(Arc::downgrade(&shared), eventloop));
                 Self { shared }
@@ -215,6 +234,7 @@ impl Link {
                     hub,
                     config,
                     credentials,
+                    received: AtomicU64::new(0),
                 });
                 tokio::spawn(drive_v4(Arc::downgrade(&shared), eventloop));
                 Self { shared }
@@ -316,16 +336,24 @@ impl Link {
     }
 
     /// Adds a local subscription; subscribes at the broker for the first
-    /// local subscriber of `filter` and waits for the SUBACK.
+    /// local subscriber of `filter` and waits for the SUBACK. Later
+    /// subscribers of an established filter make the link SUBSCRIBE again,
+    /// which makes the broker resend the retained messages.
+    ///
+    /// Retained messages: for an exact topic the one retained message is
+    /// returned (waiting at most `retained_probe_wait` after the SUBACK);
+    /// for a wildcard filter they are queued to this subscriber's
+    /// deliveries as they arrive.
     pub(super) async fn subscribe(
         &self,
         clientid: Option<&str>,
         subscriber: SubscriberId,
         filter: &str,
         qos: Qos,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Vec<Message>, BrokerError> {
+        let exact = !has_wildcard(filter);
         let deadline = Instant::now() + self.shared.config.unavailable_wait;
-        loop {
+        let (ack, reply, probe_id) = loop {
             let submitted = {
                 let mut state = self.shared.lock();
                 if state.closed {
@@ -335,50 +363,103 @@ impl Link {
                     if state.subscriptions.len() >= self.shared.config.max_subscriptions {
                         return Err(BrokerError::Limit("subscriptions"));
                     }
-                    let tag = state.take_tag();
+                    let new_tag = state.take_tag();
                     let added = state
                         .subscriptions
-                        .add(clientid, subscriber, filter, qos, tag);
-                    if added.first_for_filter {
-                        if let Err(e) = self
+                        .add(clientid, subscriber, filter, qos, new_tag);
+                    let tag = state.subscriptions.filter_tag(filter).unwrap_or(new_tag);
+                    let (reply_tx, reply_rx) = if exact {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some(rx))
+                    } else {
+                        (None, None)
+                    };
+                    let target = match reply_tx {
+                        Some(tx) => ProbeTarget::Reply(Some(tx)),
+                        None => ProbeTarget::Subscriber {
+                            id: subscriber,
+                            qos,
+                        },
+                    };
+                    let probe_id = state.add_probe(filter, tag, target);
+                    let (tx, rx) = oneshot::channel();
+                    let sent = if added.first_for_filter {
+                        let sent = self
                             .shared
                             .client
-                            .try_subscribe(filter, state.subscription_ids.then_some(tag))
-                        {
-                            state.subscriptions.remove(subscriber, filter);
-                            return Err(e);
+                            .try_subscribe(filter, state.subscription_ids.then_some(tag));
+                        if sent.is_ok() {
+                            state.awaiting_pkid.push_back(Pending::Subscribe(Some(
+                                SubAckTarget::Filter(filter.to_owned()),
+                            )));
+                            state
+                                .subscribing
+                                .entry(filter.to_owned())
+                                .or_default()
+                                .push(tx);
                         }
-                        let (tx, rx) = oneshot::channel();
-                        state.awaiting_pkid.push_back(Pending::Subscribe(Some(
-                            SubAckTarget::Filter(filter.to_owned()),
-                        )));
-                        state
-                            .subscribing
-                            .entry(filter.to_owned())
-                            .or_default()
-                            .push(tx);
-                        Some(Some(rx))
+                        sent
                     } else if let Some(waiting) = state.subscribing.get_mut(filter) {
-                        let (tx, rx) = oneshot::channel();
                         waiting.push(tx);
-                        Some(Some(rx))
+                        Ok(())
                     } else {
-                        Some(None)
+                        let sent = self
+                            .shared
+                            .client
+                            .try_subscribe(filter, state.subscription_ids.then_some(tag));
+                        if sent.is_ok() {
+                            state
+                                .awaiting_pkid
+                                .push_back(Pending::Subscribe(Some(SubAckTarget::Waiter(tx))));
+                        }
+                        sent
+                    };
+                    if let Err(e) = sent {
+                        state.remove_probe(probe_id);
+                        drop(state);
+                        self.unsubscribe(subscriber, filter);
+                        return Err(e);
                     }
+                    Some((rx, reply_rx, probe_id))
                 } else {
                     None
                 }
             };
             match submitted {
-                Some(None) => return Ok(()),
-                Some(Some(ack)) => {
-                    let result = self.await_ack(ack).await;
-                    if result.is_err() {
-                        self.unsubscribe(subscriber, filter);
-                    }
-                    return result;
-                }
+                Some(s) => break s,
                 None => self.wait_until(deadline).await?,
+            }
+        };
+        if let Err(e) = self.await_ack(ack).await {
+            self.shared.lock().remove_probe(probe_id);
+            self.unsubscribe(subscriber, filter);
+            return Err(e);
+        }
+        let wait = self.shared.config.retained_probe_wait;
+        match reply {
+            Some(reply) => {
+                let message = tokio::time::timeout(wait, reply)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                self.shared.lock().remove_probe(probe_id);
+                Ok(message
+                    .map(|m| Message {
+                        qos: min_qos(m.qos, qos),
+                        ..m
+                    })
+                    .into_iter()
+                    .collect())
+            }
+            None => {
+                // Retained messages keep flowing to the subscriber for a
+                // short while; then the probe goes.
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    shared.lock().remove_probe(probe_id);
+                });
+                Ok(Vec::new())
             }
         }
     }
@@ -397,6 +478,11 @@ impl Link {
     /// with at least one local subscriber).
     pub(super) fn broker_filters(&self) -> usize {
         self.shared.lock().subscriptions.filters().count()
+    }
+
+    /// PUBLISH packets received from the broker so far.
+    pub(super) fn received(&self) -> u64 {
+        self.shared.received.load(Ordering::Relaxed)
     }
 
     /// True if `subscriber` has no subscription on this link.
@@ -418,11 +504,11 @@ impl Link {
 
     /// The retained message of `topic`: subscribes to it, takes the
     /// retained message the broker sends after the SUBACK (waiting at most
-    /// `retained_probe_wait`), and unsubscribes unless the filter has local
-    /// subscribers.
+    /// `retained_probe_wait`), and unsubscribes again unless the filter has
+    /// local subscribers (whom the probe's copy does not reach).
     pub(super) async fn retained(&self, topic: &str) -> Result<Option<Message>, BrokerError> {
         let deadline = Instant::now() + self.shared.config.unavailable_wait;
-        let (suback, reply) = loop {
+        let (ack, reply, probe_id) = loop {
             let submitted = {
                 let mut state = self.shared.lock();
                 if state.closed {
@@ -443,12 +529,8 @@ impl Link {
                         .awaiting_pkid
                         .push_back(Pending::Subscribe(Some(SubAckTarget::Waiter(tx))));
                     let (reply_tx, reply_rx) = oneshot::channel();
-                    state.probes.push(Probe {
-                        topic: topic.to_owned(),
-                        tag,
-                        reply: Some(reply_tx),
-                    });
-                    Some((rx, reply_rx))
+                    let probe_id = state.add_probe(topic, tag, ProbeTarget::Reply(Some(reply_tx)));
+                    Some((rx, reply_rx, probe_id))
                 } else {
                     None
                 }
@@ -458,7 +540,7 @@ impl Link {
                 None => self.wait_until(deadline).await?,
             }
         };
-        let acked = self.await_ack(suback).await;
+        let acked = self.await_ack(ack).await;
         let message = match acked {
             Ok(()) => tokio::time::timeout(self.shared.config.retained_probe_wait, reply)
                 .await
@@ -467,9 +549,7 @@ impl Link {
             Err(_) => None,
         };
         let mut state = self.shared.lock();
-        state
-            .probes
-            .retain(|p| p.reply.as_ref().is_some_and(|r| !r.is_closed()));
+        state.remove_probe(probe_id);
         if state.subscriptions.filter_tag(topic).is_none() && state.up {
             self.shared.unsubscribe_at_broker(&mut state, topic);
         }
@@ -501,6 +581,22 @@ impl Drop for Link {
 }
 
 impl LinkState {
+    fn add_probe(&mut self, filter: &str, tag: u32, target: ProbeTarget) -> u64 {
+        let id = self.next_probe;
+        self.next_probe = self.next_probe.wrapping_add(1);
+        self.probes.push(Probe {
+            id,
+            filter: filter.to_owned(),
+            tag,
+            target,
+        });
+        id
+    }
+
+    fn remove_probe(&mut self, id: u64) {
+        self.probes.retain(|p| p.id != id);
+    }
+
     fn take_tag(&mut self) -> u32 {
         let tag = self.next_tag;
         self.next_tag = if tag >= MAX_SUBSCRIPTION_ID {
@@ -643,25 +739,32 @@ impl Shared {
     }
 
     fn deliver(&self, state: &mut LinkState, p: IncomingPublish) {
+        self.received.fetch_add(1, Ordering::Relaxed);
         let ids = &p.subscription_ids;
         let tagged = |tag: u32| ids.is_empty() || ids.contains(&(tag as usize));
-        let mut probed = false;
         if p.retain {
+            let mut consumed = false;
             for probe in state
                 .probes
                 .iter_mut()
-                .filter(|pr| pr.topic == p.topic && tagged(pr.tag))
+                .filter(|pr| tagged(pr.tag) && matches(&pr.filter, &p.topic))
             {
-                if let Some(reply) = probe.reply.take() {
-                    let _ = reply.send(message_of(&p, p.qos));
-                    probed = true;
+                match &mut probe.target {
+                    ProbeTarget::Reply(reply) => {
+                        if let Some(reply) = reply.take() {
+                            let _ = reply.send(message_of(&p, p.qos));
+                            consumed = true;
+                        }
+                    }
+                    ProbeTarget::Subscriber { id, qos } => {
+                        self.hub.push(*id, message_of(&p, min_qos(p.qos, *qos)));
+                        consumed = true;
+                    }
                 }
             }
-        }
-        if probed && ids.is_empty() {
-            // Without subscription identifiers a retained copy caused by a
-            // probe cannot be told apart; keep it from local subscribers.
-            return;
+            if consumed {
+                return;
+            }
         }
         state
             .subscriptions
