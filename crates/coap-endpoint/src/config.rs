@@ -192,3 +192,42 @@ impl EndpointConfig {
         (self.max_block_size.trailing_zeros().saturating_sub(4)).min(6) as u8
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hono_timeout_to_ack_convention() {
+        assert_eq!(AckTimeout::from_millis(-1), AckTimeout::Never);
+        assert_eq!(AckTimeout::from_millis(0), AckTimeout::Immediately);
+        assert_eq!(
+            AckTimeout::from_millis(500),
+            AckTimeout::After(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn block_size_must_be_a_power_of_two_in_range() {
+        for (size, szx) in [(16, 0), (64, 2), (1024, 6)] {
+            let config = EndpointConfig {
+                max_block_size: size,
+                ..EndpointConfig::default()
+            };
+            assert!(config.validate().is_ok());
+            assert_eq!(config.max_szx(), szx);
+        }
+        for size in [0, 8, 100, 2048] {
+            let config = EndpointConfig {
+                max_block_size: size,
+                ..EndpointConfig::default()
+            };
+            assert_eq!(config.validate(), Err(ConfigError::BlockSize(size)));
+        }
+        let config = EndpointConfig {
+            ack_random_factor: 0.5,
+            ..EndpointConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

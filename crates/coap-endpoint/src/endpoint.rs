@@ -638,6 +638,28 @@ impl Endpoint {
                     .with_payload(&b"missing earlier blocks"[..]),
             );
         };
+        let repeat = b1.more
+            && b1.num > 0
+            && b1.offset() + payload.len() == assembly.body.len()
+            && assembly.body.get(b1.offset()..) == Some(payload);
+        if repeat {
+            // The same block again under a new message id (our 2.31 was
+            // lost and the client re-sent rather than retransmitted):
+            // confirm it again without appending.
+            let reply = Message::new(MessageType::Ack, Code::CONTINUE, 0).with_option(
+                OptionNumber::BLOCK1,
+                Bytes::copy_from_slice(
+                    &Block {
+                        num: b1.num,
+                        more: true,
+                        szx,
+                    }
+                    .encode(),
+                ),
+            );
+            self.reply_direct(now, peer, msg, reply);
+            return Ok(None);
+        }
         if assembly.body.len() != b1.offset() {
             self.drop_reassembly(&key);
             return Err(

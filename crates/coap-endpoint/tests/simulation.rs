@@ -889,17 +889,18 @@ fn block1_and_block2_both_directions_over_a_lossy_link() {
         .send_request(sim.now, sim.server_peer.clone(), request, true)
         .unwrap();
     sim.run_for(Duration::from_secs(600));
+    // Deterministic seed: with 15 % loss each way and duplicates, every
+    // block gets through by retransmission.
     let got = responses(&sim.client_events);
-    let failed = sim
-        .client_events
-        .iter()
-        .any(|e| matches!(e, Event::RequestFailed { .. }));
-    assert!(got.len() == 1 || failed, "completes or fails, never stuck");
-    if let Some(resp) = got.first() {
-        let mut expected = payload.to_vec();
-        expected.reverse();
-        assert_eq!(&resp.payload[..], &expected[..]);
-    }
+    assert_eq!(got.len(), 1, "{:?}", sim.client_events);
+    let mut expected = payload.to_vec();
+    expected.reverse();
+    assert_eq!(&got[0].payload[..], &expected[..]);
+    assert!(
+        sim.client.stats().retransmissions > 0,
+        "the link did lose datagrams"
+    );
+    assert!(sim.client.is_quiescent() && sim.server.is_quiescent());
 }
 
 #[test]
@@ -921,6 +922,32 @@ fn block1_out_of_order_or_missing_first_block_is_4_08() {
     );
     assert!(s.events().is_empty());
     assert_eq!(s.ep.stats().block1_rejections, 2);
+}
+
+#[test]
+fn block1_block_repeated_under_a_new_message_id_is_confirmed_again() {
+    let mut s = Script::new(config(1));
+    let block = |num, more, mid| {
+        Message::new(MessageType::Con, Code::POST, mid)
+            .with_token(&b"b"[..])
+            .with_uri_path("up")
+            .with_block1(Block { num, more, szx: 0 })
+            .with_payload(vec![num as u8; 16])
+    };
+    assert_eq!(s.send(&block(0, true, 1))[0].code, Code::CONTINUE);
+    assert_eq!(s.send(&block(1, true, 2))[0].code, Code::CONTINUE);
+    assert_eq!(
+        s.send(&block(1, true, 3))[0].code,
+        Code::CONTINUE,
+        "repeat, new mid"
+    );
+    assert!(s.send(&block(2, false, 4)).is_empty());
+    let r = s.request();
+    assert_eq!(
+        r.message.payload.len(),
+        48,
+        "the repeated block is not appended twice"
+    );
 }
 
 #[test]
