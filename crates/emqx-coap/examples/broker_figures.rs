@@ -96,7 +96,7 @@ fn embedded_publish() {
 }
 
 async fn mqtt_publish(url: &str) {
-    let (broker, _rx) = MqttBroker::start(MqttConfig::from_url(url).unwrap());
+    let (broker, _rx) = MqttBroker::start(MqttConfig::from_url(url).unwrap()).unwrap();
     broker.wait_ready(Duration::from_secs(5)).await.unwrap();
     let broker = Arc::new(broker);
     let c = ClientInfo::default();

@@ -32,7 +32,7 @@ fn filter(s: &str) -> TopicFilter {
 }
 
 async fn started(config: MqttConfig) -> (MqttBroker, Deliveries) {
-    let (broker, rx) = MqttBroker::start(config);
+    let (broker, rx) = MqttBroker::start(config).unwrap();
     broker.wait_ready(Duration::from_secs(5)).await.unwrap();
     (broker, rx)
 }
@@ -377,7 +377,7 @@ async fn per_client_connections_use_the_clients_credentials() {
     );
     let mut config = MqttConfig::from_url(&broker_proc.url()).unwrap();
     config.session = SessionModel::PerClient { max_clients: 2 };
-    let (broker, mut rx) = MqttBroker::start(config);
+    let (broker, mut rx) = MqttBroker::start(config).unwrap();
     let alice = ClientInfo {
         clientid: Some("alice-1".into()),
         username: Some("alice".into()),
@@ -546,7 +546,7 @@ async fn mqtts_verifies_the_broker_certificate() {
         ca_pem: Some(PrivateMosquitto::unrelated_ca()),
     });
     config.unavailable_wait = Duration::from_millis(500);
-    let (broker, _rx) = MqttBroker::start(config);
+    let (broker, _rx) = MqttBroker::start(config).unwrap();
     let result = broker
         .publish(&c, Publish::new(topic("tls/b"), "x").qos(Qos::AtLeastOnce))
         .await;

@@ -291,16 +291,16 @@ impl BrokerKind {
         mqtt::MqttConfig::from_url(value).map(|c| Self::Mqtt(Box::new(c)))
     }
 
-    /// Starts the broker (inside a tokio runtime for `Mqtt`).
-    pub fn start(self) -> (std::sync::Arc<dyn Broker>, Deliveries) {
+    /// Starts the broker (`Mqtt` needs a tokio runtime).
+    pub fn start(self) -> Result<(std::sync::Arc<dyn Broker>, Deliveries), BrokerError> {
         match self {
             Self::Embedded(config) => {
                 let (broker, deliveries) = embedded::EmbeddedBroker::new(config);
-                (std::sync::Arc::new(broker), deliveries)
+                Ok((std::sync::Arc::new(broker), deliveries))
             }
             Self::Mqtt(config) => {
-                let (broker, deliveries) = mqtt::MqttBroker::start(*config);
-                (std::sync::Arc::new(broker), deliveries)
+                let (broker, deliveries) = mqtt::MqttBroker::start(*config)?;
+                Ok((std::sync::Arc::new(broker), deliveries))
             }
         }
     }

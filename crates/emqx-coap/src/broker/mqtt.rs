@@ -270,7 +270,14 @@ impl MqttBroker {
     /// Starts the broker side (must run inside a tokio runtime). Shared
     /// connections start connecting in the background; see
     /// [`MqttBroker::wait_ready`].
-    pub fn start(config: MqttConfig) -> (Self, Deliveries) {
+    ///
+    /// Fails with [`BrokerError::Config`] outside a tokio runtime.
+    pub fn start(config: MqttConfig) -> Result<(Self, Deliveries), BrokerError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BrokerError::Config(
+                "the MQTT broker must be started inside a tokio runtime".into(),
+            ));
+        }
         let config = Arc::new(config);
         let hub = DeliveryHub::new(config.queue_capacity);
         let model = match config.session {
@@ -291,7 +298,7 @@ impl MqttBroker {
             hub: hub.clone(),
             model,
         };
-        (broker, Deliveries::new(hub))
+        Ok((broker, Deliveries::new(hub)))
     }
 
     /// Waits until every shared connection is up (at most `wait`).
@@ -606,6 +613,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn start_outside_a_runtime_is_an_error() {
+        let config = MqttConfig::from_url("mqtt://127.0.0.1:1").unwrap();
+        assert!(matches!(
+            MqttBroker::start(config),
+            Err(BrokerError::Config(_))
+        ));
+    }
+
+    #[test]
     fn parses_urls() {
         let c = MqttConfig::from_url("mqtt://127.0.0.1:1884").unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 1884));
@@ -682,7 +698,7 @@ mod tests {
     #[tokio::test]
     async fn connection_lost_before_puback_is_not_a_success() {
         let port = silent_broker(true).await;
-        let (broker, _rx) = MqttBroker::start(config_for(port));
+        let (broker, _rx) = MqttBroker::start(config_for(port)).unwrap();
         broker.wait_ready(Duration::from_secs(2)).await.unwrap();
         let started = std::time::Instant::now();
         let topic = TopicName::new("t").unwrap();
@@ -705,7 +721,7 @@ mod tests {
     #[tokio::test]
     async fn missing_puback_times_out_as_unavailable() {
         let port = silent_broker(false).await;
-        let (broker, _rx) = MqttBroker::start(config_for(port));
+        let (broker, _rx) = MqttBroker::start(config_for(port)).unwrap();
         broker.wait_ready(Duration::from_secs(2)).await.unwrap();
         let topic = TopicName::new("t").unwrap();
         let result = broker
@@ -726,7 +742,7 @@ mod tests {
         let mut config = MqttConfig::from_url("mqtt://127.0.0.1:1").unwrap();
         config.unavailable_wait = Duration::from_millis(300);
         config.max_packet_size = 1000;
-        let (broker, _rx) = MqttBroker::start(config);
+        let (broker, _rx) = MqttBroker::start(config).unwrap();
         let client = ClientInfo::default();
         let big = Publish::new(TopicName::new("x").unwrap(), vec![0u8; 1000]);
         assert_eq!(
