@@ -364,6 +364,16 @@ impl CommandSubscription {
         self.commands.recv().await
     }
 
+    /// Polls for the next command (for waiting on several subscriptions at
+    /// once); `Ready(None)` once the subscription was replaced or the
+    /// downstream shut down.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Command>> {
+        self.commands.poll_recv(cx)
+    }
+
     /// Closes the channel and returns commands that arrived but were not
     /// taken.
     pub(crate) fn close(mut self) -> (String, String, u64, Vec<Command>) {

@@ -121,6 +121,15 @@ impl InProcessDownstream {
         Ok(())
     }
 
+    /// Whether a device (or a gateway for it) currently waits for a command
+    /// here.
+    pub fn is_device_waiting(&self, tenant_id: &str, device_id: &str) -> bool {
+        self.router
+            .is_subscribed(&crate::downstream::command_routing_key(
+                tenant_id, device_id,
+            ))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -1,5 +1,5 @@
 //! `hono-coap`: the Eclipse-Hono-compatible side of the CoAP gateway —
-//! everything of Hono mode that is not CoAP itself.
+//! Hono's CoAP resources and everything behind them.
 //!
 //! What it is for:
 //! - the device registry ([`Registry`] trait, [`FileRegistry`] with Hono's
@@ -11,13 +11,20 @@
 //! - command request ids ([`RequestId`]);
 //! - the north-bound side ([`Downstream`] trait): RabbitMQ over AMQP 0-9-1
 //!   ([`AmqpDownstream`], via `lapin`), in-process channels
-//!   ([`InProcessDownstream`]) and JSON lines on stdout ([`StdoutDownstream`]).
+//!   ([`InProcessDownstream`]) and JSON lines on stdout ([`StdoutDownstream`]);
+//! - the CoAP resources ([`HonoAdapter`]): `telemetry`/`t`, `event`/`e`,
+//!   `command_response`/`cr` with Hono's URI shapes, response codes,
+//!   payload rules, `hono-ttd` command delivery, `timeoutToAck` and the
+//!   server-time option, on top of `coap-endpoint`'s server; every rejection
+//!   maps to its CoAP code in one place ([`RequestRejected::code`]).
 //!
-//! What it is not for: parsing CoAP, DTLS, or mapping errors to CoAP
-//! responses — the CoAP resource layer (built on `coap-endpoint`) calls into
-//! this crate and owns the wire reactions.
+//! What it is not for: the CoAP message layer and DTLS (`coap-endpoint`,
+//! `coap-dtls`), process concerns such as flags, signals and metrics
+//! export (the `coap-hono-adapter` binary).
 //!
-//! Errors and the CoAP code the resource layer answers with:
+//! Errors and the CoAP code the resource layer answers with (see
+//! [`RequestRejected`]; also 4.01 for POST without identity, 4.05 for other
+//! methods, 4.00 for payload and NON rules):
 //!
 //! | error | CoAP |
 //! | --- | --- |
@@ -31,6 +38,8 @@
 //!
 //! Data flow (one telemetry request with `hono-ttd`):
 //! ```text
+//! coap_endpoint::Server --IncomingRequestHandle--> HonoAdapter::serve
+//!              --resource, method, target (identity / URI)--> 4.01 4.04 4.05 4.03
 //! DTLS PSK callback --Registry::psk_for_identity--> key   (sync, in-memory snapshot)
 //! CoAP request --authorize()--> Authorized{tenant, device, gateway}
 //!              --DataVolumeMeter::check--> ok | 4.29
@@ -44,6 +53,7 @@
 //!                   -> {prefix}.command_response, key = reply_to
 //! ```
 
+mod adapter;
 mod amqp;
 mod authorization;
 mod downstream;
@@ -51,9 +61,15 @@ mod file_registry;
 mod in_process;
 mod message_limits;
 mod registry;
+mod rejection;
 mod request_id;
 mod stdout;
 
+pub use adapter::{
+    AdapterObserver, AdapterSettings, DEFAULT_CONTENT_TYPE, EMPTY_NOTIFICATION_CONTENT_TYPE,
+    HonoAdapter, MAX_GATEWAY_DEVICE_SUBSCRIPTIONS, SERVICE_UNAVAILABLE_MAX_AGE, TIME_OPTION,
+    rejection_response,
+};
 pub use amqp::{AmqpConfig, AmqpConfigError, AmqpDownstream};
 pub use authorization::{AuthorizationError, Authorized, authorize};
 pub use downstream::{
@@ -72,5 +88,6 @@ pub use registry::{
     Registry, RegistryError, RegistryFuture, RegistrySnapshot, ResourceLimits, Secret, SecretKey,
     Tenant,
 };
+pub use rejection::RequestRejected;
 pub use request_id::{MAX_REQUEST_ID_LEN, RequestId, RequestIdError};
 pub use stdout::StdoutDownstream;
