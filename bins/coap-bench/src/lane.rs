@@ -669,7 +669,7 @@ mod tests {
             timestamp: false,
         };
         let plan = Arc::new(Plan {
-            templates: vec![Template::build(&target, &shape, 0).unwrap()],
+            templates: vec![Template::build(&target, &shape, 0, &[]).unwrap()],
             confirmable: true,
             timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(2),

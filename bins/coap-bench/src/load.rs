@@ -157,6 +157,14 @@ pub(crate) struct LoadArgs {
     /// No progress line.
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
+    /// EMQX connection mode: before measuring, each client POSTs to this
+    /// path and query on the target (e.g.
+    /// `mqtt/connection?clientid=c{client}&username=u&password=p`), expects
+    /// 2.01 with the token as payload, and adds `token=<token>` to its
+    /// requests (whose URI should carry the same `clientid=c{client}`).
+    /// Every client gets its own socket.
+    #[arg(long)]
+    pub(crate) connect: Option<String>,
     /// Handshake time limit per DTLS session.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) handshake_timeout: Duration,
@@ -215,20 +223,39 @@ pub(crate) async fn prepare(
     if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number");
     }
-    let templates = if target.per_client() {
-        (0..clients as u32)
-            .map(|client| Template::build(&target, shape, client))
-            .collect::<anyhow::Result<Vec<_>>>()?
-    } else {
-        vec![Template::build(&target, shape, 0)?]
-    };
-    let transports = if target.secure {
+    let mut transports = if target.secure {
         connect_all(&target, req, clients, args.handshake_timeout).await?
     } else {
-        let sockets = args.sockets.unwrap_or(clients.min(64)).clamp(1, clients);
+        // Connection mode binds a session to its peer: one socket each.
+        let default = if args.connect.is_some() {
+            clients
+        } else {
+            clients.min(64)
+        };
+        let sockets = args.sockets.unwrap_or(default).clamp(1, clients);
         (0..sockets)
             .map(|_| Transport::udp(target.addr))
             .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let templates = if let Some(connect) = &args.connect {
+        anyhow::ensure!(
+            transports.len() == clients,
+            "--connect needs one socket per client (--sockets {clients})"
+        );
+        let tokens = connect_clients(&target, connect, &mut transports, args).await?;
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(client, token)| {
+                Template::build(&target, shape, client as u32, &[format!("token={token}")])
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else if target.per_client() {
+        (0..clients as u32)
+            .map(|client| Template::build(&target, shape, client, &[]))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        vec![Template::build(&target, shape, 0, &[])?]
     };
     let sockets = transports.len();
     let progress = Arc::new(RunProgress::new(sockets));
@@ -341,6 +368,59 @@ impl LoadRun {
             send_end,
         ))
     }
+}
+
+/// EMQX connection mode: one CON POST per client on its own transport;
+/// returns the tokens.
+async fn connect_clients(
+    target: &Target,
+    connect: &str,
+    transports: &mut [Transport],
+    args: &LoadArgs,
+) -> anyhow::Result<Vec<String>> {
+    let (path, query) = connect.split_once('?').unwrap_or((connect, ""));
+    let connect_target = Target {
+        path: format!("/{}", path.trim_start_matches('/')),
+        query: query.to_owned(),
+        ..target.clone()
+    };
+    let shape = RequestShape {
+        mtype: MessageType::Con,
+        code: Code::POST,
+        content_format: None,
+        observe: None,
+        payload: Vec::new(),
+        timestamp: false,
+    };
+    let limits = crate::request::ExchangeLimits {
+        timeout: args.request.timeout,
+        ack_timeout: args.ack_timeout,
+    };
+    let started = Instant::now();
+    let mut tokens = Vec::with_capacity(transports.len());
+    for (client, transport) in transports.iter_mut().enumerate() {
+        let template = Template::build(&connect_target, &shape, client as u32, &[])?;
+        let outcome =
+            crate::request::exchange(transport, &template, MessageType::Con, limits).await?;
+        let crate::request::Exchange::Response(datagram) = outcome else {
+            bail!("client {client}: no answer to POST {connect}");
+        };
+        let msg = coap_codec::MessageRef::parse(&datagram)?;
+        if msg.code() != Code::CREATED {
+            bail!(
+                "client {client}: POST {connect} answered {} {}",
+                msg.code(),
+                String::from_utf8_lossy(msg.payload())
+            );
+        }
+        tokens.push(String::from_utf8_lossy(msg.payload()).into_owned());
+    }
+    eprintln!(
+        "coap-bench: {} client(s) connected in {} ms",
+        tokens.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(tokens)
 }
 
 /// Connects one DTLS session per client, a few at a time.

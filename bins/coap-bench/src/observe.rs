@@ -108,7 +108,7 @@ pub(crate) async fn run(
         let count = if target.per_client() { observers } else { 1 };
         Ok(Arc::new(
             (0..count as u32)
-                .map(|c| Template::build(&target, shape, c))
+                .map(|c| Template::build(&target, shape, c, &[]))
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ))
     };
@@ -213,7 +213,11 @@ pub(crate) async fn run(
         let mut publish_args = args.clone();
         publish_args.duration = Some(duration);
         publish_args.requests = None;
-        publish_args.sockets = Some(1);
+        publish_args.sockets = if args.connect.is_some() {
+            None
+        } else {
+            Some(1)
+        };
         let run = prepare(
             &publish_args,
             &shape,

@@ -43,26 +43,71 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
         payload: req.payload_bytes(),
         timestamp: false,
     };
-    let template = Template::build(&target, &shape, 0)?;
+    let template = Template::build(&target, &shape, 0, &[])?;
     let mut transport = if target.secure {
         Transport::dtls(target.addr, &req.connector()?, req.timeout).await?
     } else {
         Transport::udp(target.addr)?
     };
-    let seed = wall_micros();
-    let mid = (seed & 0xffff) as u16;
-    let token: [u8; TOKEN_LEN] =
-        (seed ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
+    let limits = ExchangeLimits {
+        timeout: req.timeout,
+        ack_timeout: args.ack_timeout,
+    };
+    let outcome = exchange(&mut transport, &template, shape.mtype, limits).await?;
+    transport.close();
+    transport.drain_backlog(Duration::from_millis(100)).await;
+    match outcome {
+        Exchange::Response(datagram) => {
+            let msg = MessageRef::parse(&datagram)?;
+            print_response(&msg);
+            Ok(0)
+        }
+        Exchange::Timeout { retransmissions } => {
+            eprintln!(
+                "coap-bench: no response within {:?} ({retransmissions} retransmissions)",
+                req.timeout
+            );
+            Ok(EXIT_TIMEOUT)
+        }
+    }
+}
+
+/// Time limits of one exchange.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExchangeLimits {
+    pub(crate) timeout: Duration,
+    pub(crate) ack_timeout: Duration,
+}
+
+/// How an exchange ended.
+#[derive(Debug)]
+pub(crate) enum Exchange {
+    /// The response datagram (piggy-backed, separate, or NON).
+    Response(Vec<u8>),
+    /// Nothing within the timeout.
+    Timeout { retransmissions: u32 },
+}
+
+/// Sends `template` as one request (CON: retransmitted per RFC 7252 §4.2)
+/// and waits for its response.
+pub(crate) async fn exchange(
+    transport: &mut Transport,
+    template: &Template,
+    mtype: MessageType,
+    limits: ExchangeLimits,
+) -> anyhow::Result<Exchange> {
+    let mut seed = wall_micros() ^ u64::from(std::process::id()).rotate_left(32) | 1;
+    let mid = (crate::lane::xorshift(&mut seed) & 0xffff) as u16;
+    let token: [u8; TOKEN_LEN] = crate::lane::xorshift(&mut seed).to_be_bytes();
     let mut out = Vec::new();
     template.write(&mut out, mid, &token, 0);
 
     let start = Instant::now();
-    let deadline = start + req.timeout;
-    let confirmable = shape.mtype == MessageType::Con;
-    let mut backoff = args.ack_timeout;
-    let mut next_retransmit = confirmable.then(|| start + backoff);
-    let mut retransmits = 0;
-    send(&mut transport, &out).await?;
+    let deadline = start + limits.timeout;
+    let mut backoff = limits.ack_timeout;
+    let mut next_retransmit = (mtype == MessageType::Con).then(|| start + backoff);
+    let mut retransmissions = 0;
+    send(transport, &out).await?;
     let mut buf = vec![0u8; 65_536];
     loop {
         let wake = next_retransmit.map_or(deadline, |at| at.min(deadline));
@@ -71,14 +116,13 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
             () = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 if now >= deadline {
-                    eprintln!("coap-bench: no response within {:?} ({retransmits} retransmissions)", req.timeout);
-                    return Ok(EXIT_TIMEOUT);
+                    return Ok(Exchange::Timeout { retransmissions });
                 }
-                if next_retransmit.is_some_and(|at| now >= at) && retransmits < 4 {
-                    retransmits += 1;
+                if next_retransmit.is_some_and(|at| now >= at) && retransmissions < 4 {
+                    retransmissions += 1;
                     backoff *= 2;
                     next_retransmit = Some(now + backoff);
-                    send(&mut transport, &out).await?;
+                    send(transport, &out).await?;
                 }
                 continue;
             }
@@ -88,7 +132,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
             Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => continue,
             Err(error) => return Err(error.into()),
         };
-        if from != target.addr {
+        if from != transport.peer() {
             continue;
         }
         let datagram = buf.get(..n).unwrap_or_default().to_vec();
@@ -109,10 +153,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
                     if msg.code().is_empty() {
                         next_retransmit = None;
                     } else if msg.token() == token {
-                        print_response(&msg);
-                        transport.close();
-                        transport.drain_backlog(Duration::from_millis(100)).await;
-                        return Ok(0);
+                        return Ok(Exchange::Response(datagram));
                     }
                 }
                 MessageType::Rst if msg.message_id() == mid => {
@@ -121,12 +162,9 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<i32> {
                 MessageType::Con | MessageType::Non if msg.token() == token => {
                     if msg.mtype() == MessageType::Con {
                         let [hi, lo] = msg.message_id().to_be_bytes();
-                        send(&mut transport, &[0x60, 0, hi, lo]).await?;
+                        send(transport, &[0x60, 0, hi, lo]).await?;
                     }
-                    print_response(&msg);
-                    transport.close();
-                    transport.drain_backlog(Duration::from_millis(100)).await;
-                    return Ok(0);
+                    return Ok(Exchange::Response(datagram));
                 }
                 _ => {}
             }

@@ -89,7 +89,12 @@ impl Target {
 
     /// Adds Uri-Path and Uri-Query options (percent-decoded) to `msg`, with
     /// `{client}` replaced by `client`.
-    pub(crate) fn add_uri_options(&self, msg: &mut Message, client: u32) -> anyhow::Result<()> {
+    pub(crate) fn add_uri_options(
+        &self,
+        msg: &mut Message,
+        client: u32,
+        extra_query: &[String],
+    ) -> anyhow::Result<()> {
         let client = client.to_string();
         let path = self.path.replace(CLIENT_PLACEHOLDER, &client);
         let query = self.query.replace(CLIENT_PLACEHOLDER, &client);
@@ -100,6 +105,9 @@ impl Target {
         for entry in uri::split_query(&query) {
             let entry = entry.with_context(|| format!("bad query {query}"))?;
             msg.add_option(OptionNumber::URI_QUERY, entry.into_owned());
+        }
+        for entry in extra_query {
+            msg.add_option(OptionNumber::URI_QUERY, entry.clone().into_bytes());
         }
         Ok(())
     }
@@ -127,14 +135,16 @@ pub(crate) struct Template {
 }
 
 impl Template {
-    /// Encodes the request for `client`.
+    /// Encodes the request for `client`, with `extra_query` entries
+    /// (already decoded) after the URI's own.
     pub(crate) fn build(
         target: &Target,
         shape: &RequestShape,
         client: u32,
+        extra_query: &[String],
     ) -> anyhow::Result<Self> {
         let mut msg = Message::new(shape.mtype, shape.code, 0).with_token(vec![0u8; TOKEN_LEN]);
-        target.add_uri_options(&mut msg, client)?;
+        target.add_uri_options(&mut msg, client, extra_query)?;
         if let Some(cf) = shape.content_format {
             msg = msg.with_content_format(ContentFormat(cf));
         }
@@ -261,7 +271,7 @@ mod tests {
             payload: vec![b'y'; 50],
             timestamp: true,
         };
-        let template = Template::build(&target, &shape, 7).unwrap();
+        let template = Template::build(&target, &shape, 7, &["token=abc".to_owned()]).unwrap();
         let mut out = Vec::new();
         template.write(
             &mut out,
@@ -274,7 +284,8 @@ mod tests {
         assert_eq!(msg.token(), &[1, 2, 3, 4, 5, 6, 7, 8]);
         let path: Vec<_> = msg.uri_path().collect();
         assert_eq!(path, vec![&b"ps"[..], &b"t7"[..]]);
-        assert_eq!(msg.uri_query().next(), Some(&b"c=x7"[..]));
+        let query: Vec<_> = msg.uri_query().collect();
+        assert_eq!(query, vec![&b"c=x7"[..], &b"token=abc"[..]]);
         assert_eq!(msg.payload().len(), 50);
         assert_eq!(find_timestamp(msg.payload()), Some(1_700_000_000_123_456));
     }
