@@ -44,6 +44,18 @@ pub struct IncomingRequestHandle {
     pub responder: Responder,
 }
 
+impl IncomingRequestHandle {
+    /// Shortcut for `self.responder.set_ack_timeout(timeout)`.
+    pub fn set_ack_timeout(&self, timeout: AckTimeout) {
+        self.responder.set_ack_timeout(timeout);
+    }
+
+    /// Shortcut for `self.responder.respond(response)`.
+    pub async fn respond(self, response: Message) -> Result<Option<RelationId>, ServerError> {
+        self.responder.respond(response).await
+    }
+}
+
 /// Answers one request, now or later, from any task.
 #[derive(Debug)]
 pub struct Responder {
