@@ -430,8 +430,13 @@ impl Link {
                 None => self.wait_until(deadline).await?,
             }
         };
+        // Removes the probe however this future ends (also when dropped).
+        let probe = ProbeGuard {
+            shared: self.shared.clone(),
+            id: probe_id,
+        };
         if let Err(e) = self.await_ack(ack).await {
-            self.shared.lock().remove_probe(probe_id);
+            drop(probe);
             self.unsubscribe(subscriber, filter);
             return Err(e);
         }
@@ -442,7 +447,7 @@ impl Link {
                     .await
                     .ok()
                     .and_then(Result::ok);
-                self.shared.lock().remove_probe(probe_id);
+                drop(probe);
                 Ok(message
                     .map(|m| Message {
                         qos: min_qos(m.qos, qos),
@@ -454,10 +459,9 @@ impl Link {
             None => {
                 // Retained messages keep flowing to the subscriber for a
                 // short while; then the probe goes.
-                let shared = self.shared.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
-                    shared.lock().remove_probe(probe_id);
+                    drop(probe);
                 });
                 Ok(Vec::new())
             }
@@ -540,6 +544,10 @@ impl Link {
                 None => self.wait_until(deadline).await?,
             }
         };
+        let probe = ProbeGuard {
+            shared: self.shared.clone(),
+            id: probe_id,
+        };
         let acked = self.await_ack(ack).await;
         let message = match acked {
             Ok(()) => tokio::time::timeout(self.shared.config.retained_probe_wait, reply)
@@ -548,8 +556,8 @@ impl Link {
                 .and_then(Result::ok),
             Err(_) => None,
         };
+        drop(probe);
         let mut state = self.shared.lock();
-        state.remove_probe(probe_id);
         if state.subscriptions.filter_tag(topic).is_none() && state.up {
             self.shared.unsubscribe_at_broker(&mut state, topic);
         }
@@ -577,6 +585,18 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Removes a probe when dropped.
+struct ProbeGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.shared.lock().remove_probe(self.id);
     }
 }
 
