@@ -383,7 +383,9 @@ impl AuthCache {
                 entries.clear();
             }
         }
-        entries.insert(key, now + self.ttl);
+        if let Some(until) = now.checked_add(self.ttl) {
+            entries.insert(key, until);
+        }
         Ok(())
     }
 

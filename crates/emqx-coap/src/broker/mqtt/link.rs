@@ -272,6 +272,14 @@ impl Link {
         }
     }
 
+    /// Now plus `unavailable_wait` (saturating: a huge configured wait
+    /// means "a year", not an overflow).
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.shared.config.unavailable_wait)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+    }
+
     async fn wait_until(&self, deadline: Instant) -> Result<(), BrokerError> {
         self.wait_connected(deadline.saturating_duration_since(Instant::now()))
             .await
@@ -288,7 +296,7 @@ impl Link {
         if size > max {
             return Err(BrokerError::TooLarge { size, max });
         }
-        let deadline = Instant::now() + self.shared.config.unavailable_wait;
+        let deadline = self.deadline();
         loop {
             let submitted = {
                 let mut state = self.shared.lock();
@@ -352,7 +360,7 @@ impl Link {
         qos: Qos,
     ) -> Result<Vec<Message>, BrokerError> {
         let exact = !has_wildcard(filter);
-        let deadline = Instant::now() + self.shared.config.unavailable_wait;
+        let deadline = self.deadline();
         let (ack, reply, probe_id) = loop {
             let submitted = {
                 let mut state = self.shared.lock();
@@ -511,7 +519,7 @@ impl Link {
     /// `retained_probe_wait`), and unsubscribes again unless the filter has
     /// local subscribers (whom the probe's copy does not reach).
     pub(super) async fn retained(&self, topic: &str) -> Result<Option<Message>, BrokerError> {
-        let deadline = Instant::now() + self.shared.config.unavailable_wait;
+        let deadline = self.deadline();
         let (ack, reply, probe_id) = loop {
             let submitted = {
                 let mut state = self.shared.lock();
