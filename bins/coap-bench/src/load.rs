@@ -71,10 +71,12 @@ pub(crate) struct RequestArgs {
     /// Per-request timeout (covers CON retransmissions).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
-    /// DTLS PSK identity (coaps://).
+    /// DTLS PSK identity (coaps://); `{client}` becomes the client's index
+    /// (e.g. `dev{client}@DEFAULT_TENANT` for Hono).
     #[arg(long, short = 'u', default_value = "coap-bench")]
     pub(crate) psk_identity: String,
-    /// DTLS pre-shared key, raw bytes of the string (coaps://).
+    /// DTLS pre-shared key (coaps://): the bytes of the string, or
+    /// `hex:0a1b…` for binary keys (as in the gateways' PSK files).
     #[arg(long, short = 'k')]
     pub(crate) psk_key: Option<String>,
 }
@@ -96,15 +98,28 @@ impl RequestArgs {
         }
     }
 
+    /// The DTLS connector for client 0 (`request`, observers).
     pub(crate) fn connector(&self) -> anyhow::Result<DtlsConnector> {
+        self.connector_for(0)
+    }
+
+    /// The DTLS connector for `client` (`{client}` in the identity is
+    /// replaced by its index).
+    pub(crate) fn connector_for(&self, client: u32) -> anyhow::Result<DtlsConnector> {
         let Some(key) = &self.psk_key else {
             bail!("coaps:// needs --psk-key (and --psk-identity)");
         };
-        DtlsConnector::new(ClientConfig::new(
-            self.psk_identity.as_bytes().to_vec(),
-            key.as_bytes().to_vec(),
-        ))
-        .context("cannot set up DTLS")
+        let identity = self
+            .psk_identity
+            .replace(crate::target::CLIENT_PLACEHOLDER, &client.to_string());
+        DtlsConnector::new(ClientConfig::new(identity.into_bytes(), parse_key(key)?))
+            .context("cannot set up DTLS")
+    }
+
+    /// Whether every client needs its own connector.
+    fn identity_per_client(&self) -> bool {
+        self.psk_identity
+            .contains(crate::target::CLIENT_PLACEHOLDER)
     }
 }
 
@@ -168,6 +183,22 @@ pub(crate) struct LoadArgs {
     /// Handshake time limit per DTLS session.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) handshake_timeout: Duration,
+}
+
+/// The key bytes: `hex:…` decoded, anything else as UTF-8 bytes.
+fn parse_key(key: &str) -> anyhow::Result<Vec<u8>> {
+    let Some(hex) = key.strip_prefix("hex:") else {
+        return Ok(key.as_bytes().to_vec());
+    };
+    anyhow::ensure!(hex.len() % 2 == 0, "hex key with an odd number of digits");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .context("hex key with a non-hex digit")
+        })
+        .collect()
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1.5s`, `250us` or plain seconds.
@@ -423,7 +454,8 @@ async fn connect_clients(
     Ok(tokens)
 }
 
-/// Connects one DTLS session per client, a few at a time.
+/// Connects one DTLS session per client, a few at a time; transport `i`
+/// belongs to client `i` (its identity may be per client).
 async fn connect_all(
     target: &Target,
     req: &RequestArgs,
@@ -431,29 +463,42 @@ async fn connect_all(
     limit: Duration,
 ) -> anyhow::Result<Vec<Transport>> {
     const PARALLEL_HANDSHAKES: usize = 32;
-    let connector = Arc::new(req.connector()?);
+    let shared = Arc::new(req.connector()?);
     let started = Instant::now();
-    let mut transports = Vec::with_capacity(clients);
+    let mut slots: Vec<Option<Transport>> = (0..clients).map(|_| None).collect();
     let mut tasks = JoinSet::new();
     let mut next = 0;
-    while transports.len() < clients {
+    let mut done = 0;
+    while done < clients {
         while next < clients && tasks.len() < PARALLEL_HANDSHAKES {
-            let connector = Arc::clone(&connector);
+            let connector = if req.identity_per_client() {
+                Arc::new(req.connector_for(next as u32)?)
+            } else {
+                Arc::clone(&shared)
+            };
             let addr: SocketAddr = target.addr;
-            tasks.spawn(async move { Transport::dtls(addr, &connector, limit).await });
+            let client = next;
+            tasks.spawn(async move { (client, Transport::dtls(addr, &connector, limit).await) });
             next += 1;
         }
-        match tasks.join_next().await {
-            Some(result) => transports.push(result.context("handshake task failed")??),
-            None => break,
+        let Some(result) = tasks.join_next().await else {
+            break;
+        };
+        let (client, transport) = result.context("handshake task failed")?;
+        let transport = transport.with_context(|| format!("client {client}"))?;
+        if let Some(slot) = slots.get_mut(client) {
+            *slot = Some(transport);
         }
+        done += 1;
     }
     eprintln!(
-        "coap-bench: {} DTLS session(s) established in {} ms",
-        transports.len(),
+        "coap-bench: {done} DTLS session(s) established in {} ms",
         started.elapsed().as_millis()
     );
-    Ok(transports)
+    slots
+        .into_iter()
+        .map(|slot| slot.context("a DTLS session is missing"))
+        .collect()
 }
 
 /// `coap-bench load`.
@@ -502,5 +547,13 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(parse_key("abc").unwrap(), b"abc");
+        assert_eq!(parse_key("hex:0aFF").unwrap(), vec![0x0a, 0xff]);
+        assert!(parse_key("hex:0").is_err());
+        assert!(parse_key("hex:zz").is_err());
     }
 }

@@ -15,7 +15,8 @@
 //!                     [--content-format N] [--con | --non] [--clients N] [--sockets K]
 //!                     [--rate R] [--duration 10s] [--requests N] [--warmup 1s]
 //!                     [--timeout 5s] [--ack-timeout 2s] [--max-retransmit 4] [--timestamp]
-//!                     [--observe N [--publish-rate M]] [--psk-identity ID --psk-key KEY]
+//!                     [--observe N [--publish-rate M]] [--connect PATH?QUERY]
+//!                     [--psk-identity ID --psk-key KEY] [--handshake-timeout 10s]
 //!                     [--json] [--quiet]
 //! coap-bench request URI [--method …] [--payload …] [--non] [--observe 0] [--psk-…]
 //! coap-bench udp-echo [--listen 127.0.0.1:0] [--threads N]
@@ -38,7 +39,25 @@
 //! - `{client}` in the URI path or query becomes the client's index, e.g.
 //!   `coap://h/ps/bench/{client}?clientid=c{client}`.
 //! - `coaps://`: every client gets its own socket and DTLS-PSK session
-//!   (handshakes before measuring, 32 at a time).
+//!   (handshakes before measuring, 32 at a time). `--psk-identity` may hold
+//!   `{client}` (one identity per client, e.g. Hono devices
+//!   `dev{client}@TENANT`); `--psk-key hex:…` gives a binary key.
+//! - EMQX connection mode (`--connect 'mqtt/connection?clientid=c{client}&…'`):
+//!   each client first POSTs there on its own socket and then adds
+//!   `token=<the 2.01 payload>` to its requests.
+//!
+//! # Examples
+//!
+//! ```text
+//! coap-bench udp-echo --listen 127.0.0.1:5699 &
+//! coap-bench load coap://127.0.0.1:5699/x --clients 64 --duration 5s
+//! coap-bench load 'coap://127.0.0.1:5683/ps/bench/{client}?clientid=c{client}' \
+//!     -m post --payload-size 64 --non --clients 100 --rate 20000 --duration 10s --json
+//! coap-bench load coap://127.0.0.1:5683/ps/news --observe 1000 --publish-rate 10 --duration 10s
+//! coap-bench load coaps://127.0.0.1:5684/telemetry -m post -t 50 -e '{"t":1}' \
+//!     -u 'sensor1@DEFAULT_TENANT' -k hono-secret --clients 16 --duration 10s
+//! coap-bench request coap://127.0.0.1:5683/.well-known/core
+//! ```
 //! - **observe** (`--observe N`): N observers register (GET + Observe 0)
 //!   and count notifications; `--publish-rate M` publishes POSTs with a
 //!   `coap-bench-ts=<µs>` payload to the same URI so the summary shows the

@@ -39,6 +39,22 @@ fn load_and_request_over_dtls_psk() {
     assert_eq!(u(&summary, "timeouts"), 0, "{summary}");
     assert_latency_ordered(&summary);
 
+    // Per-client identities and a hex-written key (the same bytes).
+    let hex_key: String = KEY.bytes().map(|b| format!("{b:02x}")).collect();
+    let summary = load_json(&[
+        &uri,
+        "-u",
+        "dev{client}@tenant",
+        "-k",
+        &format!("hex:{hex_key}"),
+        "--non",
+        "--requests",
+        "300",
+        "--clients",
+        "3",
+    ]);
+    assert_eq!(summary["responses_by_code"]["2.05"], 300, "{summary}");
+
     let output = run(&["request", &uri, "-u", "bench", "-k", KEY]);
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("2.05 Content"));
