@@ -56,7 +56,7 @@ if [ $lint = 1 ]; then
   log "cargo fmt --check"
   cargo fmt --all -- --check
   log "cargo clippy --all-targets -- -D warnings"
-  cargo clippy --workspace --all-targets --locked -- -D warnings
+  cargo clippy --workspace --all-targets -- -D warnings
 fi
 
 # ---------------------------------------------------------------- 3. brokers
@@ -129,4 +129,4 @@ fi
 
 # ------------------------------------------------------------------ 4. tests
 log "cargo test --workspace"
-cargo test --workspace --locked "${extra[@]}"
+cargo test --workspace "${extra[@]}"
