@@ -21,6 +21,7 @@
 //! - `/large` 5000 bytes (Block2)
 //! - `/upload` POST/PUT any size (Block1), GET returns the last upload
 //! - `/slow` answers after 2 s (separate response)
+//! - `/whoami` the client's address and DTLS PSK identity
 //! - `/.well-known/core` link-format
 
 use std::collections::HashMap;
@@ -232,10 +233,10 @@ fn large_body() -> Bytes {
 
 async fn handle_request(request: IncomingRequestHandle, shared: Arc<Shared>, observers: Observers) {
     let IncomingRequestHandle {
+        peer,
         message,
         observe_registration,
         responder,
-        ..
     } = request;
     let segments: Vec<String> = message
         .uri_path()
@@ -258,6 +259,7 @@ async fn handle_request(request: IncomingRequestHandle, shared: Arc<Shared>, obs
                 LinkResource::new("/large").with_attribute("sz", "5000"),
                 LinkResource::new("/upload"),
                 LinkResource::new("/slow"),
+                LinkResource::new("/whoami"),
             ])),
         (["echo"], Code::GET | Code::POST | Code::PUT) => {
             let code = if method == Code::GET {
@@ -309,6 +311,14 @@ async fn handle_request(request: IncomingRequestHandle, shared: Arc<Shared>, obs
             }
             reply
         }
+        (["whoami"], Code::GET) => {
+            // The transport's view of the client: the DTLS PSK identity, if any.
+            let text = match &peer.identity {
+                Some(identity) => format!("{} {}", String::from_utf8_lossy(identity), peer.addr),
+                None => format!("anonymous {}", peer.addr),
+            };
+            response(Code::CONTENT).with_payload(text.into_bytes())
+        }
         (["large"], Code::GET) => response(Code::CONTENT)
             .with_content_format(ContentFormat::TEXT_PLAIN)
             .with_payload(large_body()),
@@ -332,7 +342,8 @@ async fn handle_request(request: IncomingRequestHandle, shared: Arc<Shared>, obs
             | ["time"]
             | ["large"]
             | ["upload"]
-            | ["slow"],
+            | ["slow"]
+            | ["whoami"],
             _,
         ) => response(Code::METHOD_NOT_ALLOWED),
         _ => response(Code::NOT_FOUND),

@@ -38,6 +38,12 @@ fn check(tool: &str) {
     };
     let post = run(&["-m", "post", "-e", "over-dtls", &format!("{base}/echo")]);
     assert_eq!(post.stdout.trim_end(), "over-dtls");
+    let whoami = run(&["-m", "get", &format!("{base}/whoami")]);
+    assert!(
+        whoami.stdout.starts_with(&format!("{IDENTITY} 127.0.0.1:")),
+        "the PSK identity reaches the application: {:?}",
+        whoami.stdout
+    );
     run(&["-m", "put", "-e", "v", &format!("{base}/store/d")]);
     let get = run(&["-m", "get", &format!("{base}/store/d")]);
     assert_eq!(get.stdout.trim_end(), "v");

@@ -976,6 +976,103 @@ fn block1_too_large_is_4_13_with_size1() {
 }
 
 #[test]
+fn block1_reassembly_memory_is_capped_globally() {
+    let mut cfg = config(1);
+    cfg.max_reassembly_memory = 1000;
+    let mut s = Script::new(cfg);
+    let mut codes = Vec::new();
+    for port in 0..20u16 {
+        s.peer = Peer::new(support::addr(2000 + port));
+        let first = Message::new(MessageType::Con, Code::POST, port)
+            .with_token(&b"b"[..])
+            .with_uri_path("up")
+            .with_block1(Block {
+                num: 0,
+                more: true,
+                szx: 2,
+            })
+            .with_payload(vec![0u8; 64]);
+        codes.push(s.send(&first)[0].code);
+    }
+    let accepted = codes.iter().filter(|c| **c == Code::CONTINUE).count();
+    assert_eq!(accepted, 15, "15 * 64 bytes fit in 1000");
+    assert!(codes[15..].iter().all(|c| *c == Code::SERVICE_UNAVAILABLE));
+    // Unfinished transfers expire and free their memory.
+    s.advance(Duration::from_secs(300));
+    s.peer = Peer::new(support::addr(3000));
+    let first = Message::new(MessageType::Con, Code::POST, 1)
+        .with_token(&b"b"[..])
+        .with_uri_path("up")
+        .with_block1(Block {
+            num: 0,
+            more: true,
+            szx: 2,
+        })
+        .with_payload(vec![0u8; 64]);
+    assert_eq!(s.send(&first)[0].code, Code::CONTINUE);
+}
+
+#[test]
+fn block2_cache_is_bounded_and_a_miss_asks_the_application_again() {
+    let mut cfg = config(1);
+    cfg.block_cache_entries = 2;
+    let mut s = Script::new(cfg);
+    let large = body(2000);
+    for port in 0..3u16 {
+        s.peer = Peer::new(support::addr(4000 + port));
+        s.send(
+            &Message::new(MessageType::Con, Code::GET, 1)
+                .with_token(&b"g"[..])
+                .with_uri_path("large"),
+        );
+        let r = s.request();
+        s.ep.respond(
+            s.now,
+            r.id,
+            response(Code::CONTENT).with_payload(large.clone()),
+        )
+        .unwrap();
+        assert_eq!(s.transmits()[0].block2().unwrap().more, true);
+    }
+    assert_eq!(s.ep.stats().block_cache_evictions, 1);
+    // The first peer's body was evicted: its follow-up goes to the app,
+    // whose fresh answer is cut at the requested block.
+    s.peer = Peer::new(support::addr(4000));
+    let follow = Message::new(MessageType::Con, Code::GET, 2)
+        .with_token(&b"h"[..])
+        .with_uri_path("large")
+        .with_block2(Block {
+            num: 1,
+            more: false,
+            szx: 6,
+        });
+    assert!(s.send(&follow).is_empty());
+    let r = s.request();
+    s.ep.respond(
+        s.now,
+        r.id,
+        response(Code::CONTENT).with_payload(large.clone()),
+    )
+    .unwrap();
+    let reply = s.transmits();
+    assert_eq!(
+        reply[0].block2().unwrap(),
+        Block {
+            num: 1,
+            more: false,
+            szx: 6
+        }
+    );
+    assert_eq!(reply[0].payload, large.slice(1024..));
+    // The third peer's body is still cached.
+    s.peer = Peer::new(support::addr(4002));
+    let follow = follow.clone();
+    let mut follow = follow;
+    follow.message_id = 3;
+    assert_eq!(s.send(&follow)[0].payload, large.slice(1024..));
+}
+
+#[test]
 fn block1_transfers_are_keyed_by_request_tag() {
     let mut s = Script::new(config(1));
     let block = |num, more, tag: &'static [u8], mid| {

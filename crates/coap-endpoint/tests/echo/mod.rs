@@ -29,7 +29,10 @@ impl Drop for EchoServer {
 }
 
 /// The example binary: `cargo test` builds examples next to the test
-/// binaries (`target/debug/examples/echo_server`); build it if missing.
+/// binaries (`target/debug/examples/echo_server`). `cargo test --test NAME`
+/// does not, so when that binary is missing or older than the crate's
+/// sources, build it into a target dir of its own (the outer cargo holds
+/// the lock on ours).
 pub fn echo_server_path() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe
@@ -37,29 +40,50 @@ pub fn echo_server_path() -> PathBuf {
         .and_then(|deps| deps.parent())
         .unwrap()
         .to_path_buf();
-    let mut path = profile_dir.join("examples").join("echo_server");
-    if !path.exists() {
-        // `cargo test --test NAME` does not build examples. Build it into a
-        // target dir of its own: the outer cargo holds the lock on ours.
-        let target = profile_dir.join("echo_server_build");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--example",
-                "echo_server",
-                "-p",
-                "coap-endpoint",
-                "--target-dir",
-            ])
-            .arg(&target)
-            .status()
-            .expect("run cargo build for echo_server");
-        assert!(status.success(), "building the echo_server example failed");
-        path = target.join("debug").join("examples").join("echo_server");
+    let path = profile_dir.join("examples").join("echo_server");
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = ["src", "examples"]
+        .iter()
+        .filter_map(|dir| newest_mtime(&crate_dir.join(dir)))
+        .max();
+    match (built, newest_source) {
+        (Some(built), Some(source)) if built >= source => return path,
+        (Some(_), None) => return path,
+        _ => {}
     }
+    let target = profile_dir.join("echo_server_build");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--example",
+            "echo_server",
+            "-p",
+            "coap-endpoint",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .status()
+        .expect("run cargo build for echo_server");
+    assert!(status.success(), "building the echo_server example failed");
+    let path = target.join("debug").join("examples").join("echo_server");
     assert!(path.exists(), "echo_server not found at {}", path.display());
     path
+}
+
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
 }
 
 impl EchoServer {
