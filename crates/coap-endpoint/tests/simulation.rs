@@ -1032,7 +1032,7 @@ fn block2_cache_is_bounded_and_a_miss_asks_the_application_again() {
             response(Code::CONTENT).with_payload(large.clone()),
         )
         .unwrap();
-        assert_eq!(s.transmits()[0].block2().unwrap().more, true);
+        assert!(s.transmits()[0].block2().unwrap().more);
     }
     assert_eq!(s.ep.stats().block_cache_evictions, 1);
     // The first peer's body was evicted: its follow-up goes to the app,
@@ -1066,7 +1066,6 @@ fn block2_cache_is_bounded_and_a_miss_asks_the_application_again() {
     assert_eq!(reply[0].payload, large.slice(1024..));
     // The third peer's body is still cached.
     s.peer = Peer::new(support::addr(4002));
-    let follow = follow.clone();
     let mut follow = follow;
     follow.message_id = 3;
     assert_eq!(s.send(&follow)[0].payload, large.slice(1024..));
