@@ -363,7 +363,8 @@ impl<T: Transport> Server<T> {
     }
 
     /// Runs until `shutdown` completes, spawning one task per request that
-    /// calls `handler`.
+    /// calls `handler`. Returns an error only if the transport fails for
+    /// good (transient receive errors such as ICMP reports are logged).
     pub async fn run<H: Handler>(
         self,
         handler: H,
@@ -408,6 +409,7 @@ impl<T: Transport> Server<T> {
             HashMap::new();
         tokio::pin!(shutdown);
         let mut stopping: Option<tokio::time::Instant> = None;
+        let mut fatal: Option<io::Error> = None;
         loop {
             self.flush(&mut dispatch, &mut waiting, stopping.is_some())
                 .await;
@@ -440,9 +442,16 @@ impl<T: Transport> Server<T> {
                         let datagram = buf.get(..n).unwrap_or(&[]);
                         self.endpoint.handle_datagram(Instant::now(), peer, datagram);
                     }
-                    Err(error) => {
+                    Err(error) if is_transient(&error) => {
                         // ICMP errors and the like surface here; keep serving.
                         tracing::debug!(%error, "receive error");
+                    }
+                    Err(error) => {
+                        // The transport is gone (e.g. the DTLS driver stopped):
+                        // send what is pending and report it.
+                        tracing::warn!(%error, "transport failed; endpoint stops");
+                        fatal = Some(error);
+                        break;
                     }
                 },
                 Some(command) = self.commands_rx.recv() => {
@@ -452,7 +461,10 @@ impl<T: Transport> Server<T> {
             }
         }
         self.flush(&mut dispatch, &mut waiting, true).await;
-        Ok(())
+        match fatal {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     fn apply(
@@ -595,6 +607,21 @@ impl<T: Transport> Server<T> {
             }
         }
     }
+}
+
+/// Receive errors after which the socket still works: ICMP reports
+/// surfacing on a UDP socket, interruptions.
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
 }
 
 fn unavailable() -> Message {

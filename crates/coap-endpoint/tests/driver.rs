@@ -220,3 +220,34 @@ async fn shutdown_answers_in_flight_requests_first() {
         .unwrap()
         .unwrap();
 }
+
+/// A transport of our own: the trait is implementable outside the crate,
+/// and a transport that fails for good ends `run` with its error instead
+/// of spinning.
+struct BrokenTransport;
+
+impl coap_endpoint::Transport for BrokenTransport {
+    async fn recv(&self, _buf: &mut [u8]) -> std::io::Result<(usize, Peer)> {
+        Err(std::io::Error::other("driver stopped"))
+    }
+
+    async fn send(&self, _peer: &Peer, _bytes: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(local())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_transport_ends_run_with_its_error() {
+    let server = Server::new(BrokenTransport, EndpointConfig::default()).unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(5),
+        server.run(echo, std::future::pending::<()>()),
+    )
+    .await
+    .expect("run returns instead of spinning");
+    assert_eq!(result.unwrap_err().to_string(), "driver stopped");
+}
