@@ -274,3 +274,17 @@ fn rfc_8323_tcp_frames() {
     assert_eq!(tcp_frame_len(&[0xd0]), None);
     assert_eq!(tcp_frame_len(&[0xd0, 0x00, 0x01]), Some(16));
 }
+
+#[test]
+fn benchmark_con_post_size_matches_docs() {
+    // docs/benchmarks.md states the CON POST benchmark message is 122 bytes.
+    let msg = Message::new(MessageType::Con, Code::POST, 0x7d34)
+        .with_token(&[0x4a, 0x11, 0x9c, 0x02][..])
+        .with_uri_path("ps/sensors/temperature")
+        .with_uri_query("c=client-0042")
+        .with_uri_query("u=device")
+        .with_content_format(ContentFormat::JSON)
+        .with_payload(vec![b'7'; 64]);
+    assert_eq!(msg.encoded_len(), 122);
+    assert_eq!(msg.to_bytes().unwrap().len(), 122);
+}
