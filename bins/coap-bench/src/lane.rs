@@ -42,6 +42,11 @@ const RECV_BATCH: usize = 64;
 /// Open-loop sends per wake-up before receiving gets a turn.
 const SEND_BATCH: usize = 256;
 const NO_SLOT: u32 = u32::MAX;
+/// Open loop: a request may go out this much before its scheduled time.
+/// tokio's timer wheel has 1 ms granularity and rounds up; waking 1 ms early
+/// keeps sends on schedule instead of up to 1 ms late (which would be
+/// charged to the server's latency).
+const OPEN_LOOP_EARLY: Duration = Duration::from_millis(1);
 
 /// What all lanes of a run share.
 #[derive(Debug)]
@@ -266,7 +271,7 @@ impl Lane {
         }
         if self.sending {
             if let Some((_, due, _)) = self.open {
-                next = next.min(due);
+                next = next.min(due.checked_sub(OPEN_LOOP_EARLY).unwrap_or(due));
             }
             if let Some(stop) = self.plan.stop_at {
                 next = next.min(stop);
@@ -557,9 +562,11 @@ impl Lane {
         }
         if let Some((open, mut due, mut next_client)) = self.open {
             let mut sent = 0;
-            while self.sending && due <= now && sent < SEND_BATCH {
+            while self.sending && due <= now + OPEN_LOOP_EARLY && sent < SEND_BATCH {
                 if let Some(&client) = self.clients.get(next_client) {
-                    self.issue(client, due, now);
+                    // Late: latency counts from the schedule (no coordinated
+                    // omission). Early (timer granularity): from the send.
+                    self.issue(client, due.min(now), now);
                 }
                 next_client = (next_client + 1) % self.clients.len().max(1);
                 due += open.interval;

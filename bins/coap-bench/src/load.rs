@@ -288,6 +288,15 @@ pub(crate) async fn prepare(
     } else {
         vec![Template::build(&target, shape, 0, &[])?]
     };
+    if let Some(max) = transports.first().and_then(Transport::max_datagram)
+        && let Some(too_large) = templates.iter().find(|t| t.len() > max)
+    {
+        bail!(
+            "a request of {} bytes does not fit one DTLS record ({max} bytes at this MTU); \
+             block-wise transfer is not supported",
+            too_large.len()
+        );
+    }
     let sockets = transports.len();
     let progress = Arc::new(RunProgress::new(sockets));
     let start = Instant::now();

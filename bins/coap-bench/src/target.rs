@@ -21,6 +21,9 @@ pub(crate) const TIMESTAMP_PREFIX: &[u8] = b"coap-bench-ts=";
 /// Width of the zero-padded timestamp.
 pub(crate) const TIMESTAMP_DIGITS: usize = 20;
 
+/// Largest UDP payload over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
 /// Placeholder in the URI replaced by the client's index (0-based).
 pub(crate) const CLIENT_PLACEHOLDER: &str = "{client}";
 
@@ -169,6 +172,13 @@ impl Template {
             .to_bytes()
             .context("cannot encode the request")?
             .to_vec();
+        if bytes.len() > MAX_UDP_PAYLOAD {
+            anyhow::bail!(
+                "a request of {} bytes does not fit one UDP datagram ({MAX_UDP_PAYLOAD}); \
+                 block-wise transfer is not supported",
+                bytes.len()
+            );
+        }
         let timestamp_at = shape
             .timestamp
             .then(|| bytes.len() - payload_len + TIMESTAMP_PREFIX.len());
@@ -200,6 +210,11 @@ impl Template {
         {
             write_digits(field, wall_micros);
         }
+    }
+
+    /// The encoded size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
     }
 
     /// Whether the payload carries a timestamp field.

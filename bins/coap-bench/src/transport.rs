@@ -118,6 +118,11 @@ impl Transport {
         self.peer
     }
 
+    /// The largest CoAP datagram one DTLS record carries (None for UDP).
+    pub(crate) fn max_datagram(&self) -> Option<usize> {
+        self.dtls.as_ref().and_then(ClientSession::max_plaintext)
+    }
+
     /// Whether datagrams wait for the socket to become writable.
     pub(crate) fn has_backlog(&self) -> bool {
         !self.backlog.is_empty()
