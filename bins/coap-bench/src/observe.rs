@@ -407,18 +407,17 @@ impl ObserveLane {
         }
         let datagram = buf.get(..n).unwrap_or_default();
         match self.transport.handle_datagram(datagram) {
-            Ok(false) => self.on_coap(datagram),
+            Ok(false) => self.on_coap(datagram, Instant::now()),
             Ok(true) => {
                 while let Some(plaintext) = self.transport.next_plaintext() {
-                    self.on_coap(&plaintext);
+                    self.on_coap(&plaintext, Instant::now());
                 }
             }
             Err(error) => eprintln!("coap-bench: {error}"),
         }
     }
 
-    fn on_coap(&mut self, datagram: &[u8]) {
-        let now = Instant::now();
+    fn on_coap(&mut self, datagram: &[u8], now: Instant) {
         let Ok(msg) = MessageRef::parse(datagram) else {
             self.counters.malformed += 1;
             return;
@@ -530,5 +529,152 @@ fn template_for(templates: &[Template], client: u32) -> Option<&Template> {
         templates.first()
     } else {
         templates.get(client as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coap_codec::Message;
+
+    fn observer(local: u32, client: u32) -> Observer {
+        Observer {
+            token: token_of(local, 0xabcd_0000 + local),
+            client,
+            registered: false,
+            failed: false,
+            mid: 0,
+            started: Instant::now(),
+            retransmits: 0,
+            next_retransmit: None,
+            notifications: 0,
+        }
+    }
+
+    /// An observe lane with two observers aimed at `server`; the tests call
+    /// its handlers with chosen instants (virtual time).
+    fn lane(server: &std::net::UdpSocket) -> ObserveLane {
+        let target =
+            Target::parse(&format!("coap://{}/ps/t", server.local_addr().unwrap())).unwrap();
+        let shape = RequestShape {
+            mtype: MessageType::Con,
+            code: Code::GET,
+            content_format: None,
+            observe: Some(0),
+            payload: Vec::new(),
+            timestamp: false,
+        };
+        let template = Template::build(&target, &shape, 0, &[]).unwrap();
+        ObserveLane {
+            shared: Arc::new(Shared {
+                registered: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                stop: AtomicBool::new(false),
+                progress: RunProgress::new(0),
+            }),
+            transport: Transport::udp(target.addr).unwrap(),
+            templates: Arc::new(vec![template.clone()]),
+            deregister: Arc::new(vec![template]),
+            observers: vec![observer(0, 0), observer(1, 1)],
+            by_mid: HashMap::new(),
+            next_mid: 100,
+            out: Vec::new(),
+            ack_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            max_retransmit: 4,
+            counters: Counters::default(),
+            delivery: report::new_histogram(),
+            interval: report::new_histogram(),
+            registration: report::new_histogram(),
+            with_timestamp: 0,
+        }
+    }
+
+    fn receive(server: &std::net::UdpSocket) -> Vec<u8> {
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = server.recv_from(&mut buf).unwrap();
+        buf[..n].to_vec()
+    }
+
+    #[tokio::test]
+    async fn registers_counts_notifications_and_acks_con_ones() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut lane = lane(&server);
+        let t0 = Instant::now();
+        lane.register(0, t0);
+        let request = receive(&server);
+        let request = MessageRef::parse(&request).unwrap();
+        assert_eq!(request.observe(), Some(0));
+        assert_eq!(request.code(), Code::GET);
+        // Piggy-backed 2.05 with Observe: registered.
+        let ack = Message::new(MessageType::Ack, Code::CONTENT, request.message_id())
+            .with_token(request.token().to_vec())
+            .with_observe(1)
+            .to_bytes()
+            .unwrap();
+        lane.on_coap(&ack, t0 + Duration::from_millis(3));
+        assert_eq!(lane.shared.registered.load(Ordering::Relaxed), 1);
+        assert_eq!(lane.registration.max() / 1000, 3);
+        // A NON notification with a timestamp 2 ms old.
+        let payload = format!("coap-bench-ts={:020}", wall_micros() - 2_000);
+        let notification = Message::new(MessageType::Non, Code::CONTENT, 9)
+            .with_token(request.token().to_vec())
+            .with_observe(2)
+            .with_payload(payload.into_bytes())
+            .to_bytes()
+            .unwrap();
+        lane.on_coap(&notification, t0);
+        assert_eq!(lane.observers[0].notifications, 1);
+        assert_eq!(lane.with_timestamp, 1);
+        assert!(lane.delivery.max() >= 2_000 && lane.delivery.max() < 1_000_000);
+        // A CON notification is acknowledged with its message id.
+        let con = Message::new(MessageType::Con, Code::CONTENT, 0x4242)
+            .with_token(request.token().to_vec())
+            .with_observe(3)
+            .to_bytes()
+            .unwrap();
+        lane.on_coap(&con, t0);
+        assert_eq!(receive(&server), vec![0x60, 0, 0x42, 0x42]);
+        assert_eq!(lane.observers[0].notifications, 2);
+        // Observer 1's token is not registered yet: nothing counted for it.
+        let foreign = Message::new(MessageType::Non, Code::CONTENT, 10)
+            .with_token(lane.observers[1].token.to_vec())
+            .with_observe(2)
+            .to_bytes()
+            .unwrap();
+        lane.on_coap(&foreign, t0);
+        assert_eq!(lane.observers[1].notifications, 0);
+    }
+
+    #[tokio::test]
+    async fn registration_retransmits_then_fails_in_virtual_time() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut lane = lane(&server);
+        let t0 = Instant::now();
+        lane.register(1, t0);
+        let first = receive(&server);
+        lane.on_time(t0 + Duration::from_millis(1999));
+        assert_eq!(lane.counters.retransmissions, 0);
+        lane.on_time(t0 + Duration::from_secs(2));
+        assert_eq!(lane.counters.retransmissions, 1);
+        assert_eq!(receive(&server), first);
+        lane.on_time(t0 + Duration::from_secs(5));
+        assert_eq!(lane.counters.timeouts, 1);
+        assert_eq!(lane.shared.failed.load(Ordering::Relaxed), 1);
+        assert!(lane.observers[1].failed);
+        // A 4.04 for a registration is a failure too.
+        lane.register(0, t0);
+        let request = receive(&server);
+        let request = MessageRef::parse(&request).unwrap();
+        let not_found = Message::new(MessageType::Ack, Code::NOT_FOUND, request.message_id())
+            .with_token(request.token().to_vec())
+            .to_bytes()
+            .unwrap();
+        lane.on_coap(&not_found, t0);
+        assert_eq!(lane.shared.failed.load(Ordering::Relaxed), 2);
+        assert_eq!(lane.counters.codes[usize::from(Code::NOT_FOUND.to_u8())], 1);
     }
 }
