@@ -15,12 +15,13 @@
 //! Requests in flight live in a slab of slots. The 8-byte token is the slot
 //! index and a generation number, so a response (piggy-backed, separate or
 //! an echoed request) finds its slot without hashing; an empty ACK or RST
-//! finds it through a message-id table (65,536 entries per lane). Message
+//! finds it through a small message-id map of the requests in flight. Message
 //! ids are allocated per lane (per socket), because the server deduplicates
 //! per source endpoint. Stale timer entries are skipped by generation.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -154,7 +155,8 @@ pub(crate) struct Lane {
     slots: Vec<Slot>,
     free: Vec<u32>,
     in_flight: usize,
-    mid_slot: Vec<u32>,
+    /// Message id → slot of the requests in flight.
+    mid_slot: HashMap<u16, u32, BuildHasherDefault<MidHasher>>,
     next_mid: u16,
     next_generation: u32,
     timeouts: VecDeque<Deadline>,
@@ -191,7 +193,7 @@ impl Lane {
             slots: Vec::new(),
             free: Vec::new(),
             in_flight: 0,
-            mid_slot: vec![NO_SLOT; 1 << 16],
+            mid_slot: HashMap::default(),
             next_mid,
             next_generation: (xorshift(&mut rng) & 0xffff_ffff) as u32,
             timeouts: VecDeque::new(),
@@ -315,7 +317,7 @@ impl Lane {
             MessageType::Ack | MessageType::Rst => {
                 let index = self
                     .mid_slot
-                    .get(usize::from(msg.message_id()))
+                    .get(&msg.message_id())
                     .copied()
                     .unwrap_or(NO_SLOT);
                 let Some(slot) = self.slots.get_mut(index as usize).filter(|s| s.active) else {
@@ -418,7 +420,7 @@ impl Lane {
         let mid = loop {
             let mid = self.next_mid;
             self.next_mid = self.next_mid.wrapping_add(1);
-            if self.mid_slot.get(usize::from(mid)) == Some(&NO_SLOT) {
+            if !self.mid_slot.contains_key(&mid) {
                 break mid;
             }
         };
@@ -468,9 +470,7 @@ impl Lane {
                 wall,
             };
         }
-        if let Some(entry) = self.mid_slot.get_mut(usize::from(mid)) {
-            *entry = index;
-        }
+        self.mid_slot.insert(mid, index);
         self.in_flight += 1;
         let deadline = Deadline {
             at: scheduled + self.plan.timeout,
@@ -519,9 +519,7 @@ impl Lane {
         };
         slot.active = false;
         let (mid, client) = (slot.mid, slot.client);
-        if let Some(entry) = self.mid_slot.get_mut(usize::from(mid)) {
-            *entry = NO_SLOT;
-        }
+        self.mid_slot.remove(&mid);
         self.free.push(index);
         self.in_flight -= 1;
         if self.open.is_none() {
@@ -645,6 +643,27 @@ fn slot_of(token: &[u8]) -> Option<(u32, u32)> {
         u32::from_be_bytes(a.try_into().ok()?),
         u32::from_be_bytes(b.try_into().ok()?),
     ))
+}
+
+/// Hashes a message id with one multiplication (Fibonacci hashing): the
+/// keys are our own sequential ids, so no DoS-resistant hash is needed.
+#[derive(Debug, Default, Clone, Copy)]
+struct MidHasher(u64);
+
+impl Hasher for MidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8 | u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// xorshift64: cheap randomness for message ids and retransmission jitter.

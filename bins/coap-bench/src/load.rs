@@ -162,8 +162,9 @@ pub(crate) struct LoadArgs {
     /// and count notifications.
     #[arg(long)]
     pub(crate) observe: Option<usize>,
-    /// Observe mode: also publish (POST, timestamped payload) to the target
-    /// at this rate, to measure fan-out latency.
+    /// Observe mode: also publish (POST, or PUT with `--method put`; the
+    /// payload is timestamped) to the target at this rate, to measure the
+    /// fan-out latency.
     #[arg(long, requires = "observe")]
     pub(crate) publish_rate: Option<f64>,
     /// Print one JSON object instead of the text summary.

@@ -100,7 +100,8 @@ use clap::{Parser, Subcommand};
     about = "CoAP load generator, client and UDP echo server"
 )]
 struct Cli {
-    /// Tokio worker threads (default: the number of cores).
+    /// Worker threads: tokio workers, or udp-echo's reflecting threads
+    /// (default: the number of cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
