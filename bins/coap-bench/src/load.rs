@@ -413,7 +413,7 @@ impl LoadRun {
 
 /// EMQX connection mode: one CON POST per client on its own transport;
 /// returns the tokens.
-async fn connect_clients(
+pub(crate) async fn connect_clients(
     target: &Target,
     connect: &str,
     transports: &mut [Transport],

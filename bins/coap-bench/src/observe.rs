@@ -104,33 +104,57 @@ pub(crate) async fn run(
         observe: Some(1),
         ..register.clone()
     };
-    let build = |shape: &RequestShape| -> anyhow::Result<Arc<Vec<Template>>> {
-        let count = if target.per_client() { observers } else { 1 };
-        Ok(Arc::new(
-            (0..count as u32)
-                .map(|c| Template::build(&target, shape, c, &[]))
-                .collect::<anyhow::Result<Vec<_>>>()?,
-        ))
-    };
-    let templates = build(&register)?;
-    let deregister = build(&deregister)?;
-    let transports = if target.secure {
-        let connector = req.connector()?;
+    let mut transports = if target.secure {
         let mut transports = Vec::with_capacity(observers);
-        for _ in 0..observers {
+        for observer in 0..observers {
+            let connector = req.connector_for(observer as u32)?;
             transports
                 .push(Transport::dtls(target.addr, &connector, args.handshake_timeout).await?);
         }
         transports
     } else {
-        let sockets = args
-            .sockets
-            .unwrap_or(observers.min(64))
-            .clamp(1, observers);
+        // Connection mode binds a session to its peer: one socket each.
+        let default = if args.connect.is_some() {
+            observers
+        } else {
+            observers.min(64)
+        };
+        let sockets = args.sockets.unwrap_or(default).clamp(1, observers);
         (0..sockets)
             .map(|_| Transport::udp(target.addr))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
+    // EMQX connection mode: every observer connects and carries its token.
+    let tokens = match &args.connect {
+        Some(connect) => {
+            anyhow::ensure!(
+                transports.len() == observers,
+                "--connect needs one socket per observer (--sockets {observers})"
+            );
+            Some(crate::load::connect_clients(&target, connect, &mut transports, args).await?)
+        }
+        None => None,
+    };
+    let build = |shape: &RequestShape| -> anyhow::Result<Arc<Vec<Template>>> {
+        let templates = match &tokens {
+            Some(tokens) => tokens
+                .iter()
+                .enumerate()
+                .map(|(c, token)| {
+                    Template::build(&target, shape, c as u32, &[format!("token={token}")])
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => {
+                let count = if target.per_client() { observers } else { 1 };
+                (0..count as u32)
+                    .map(|c| Template::build(&target, shape, c, &[]))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            }
+        };
+        Ok(Arc::new(templates))
+    };
+    let templates = build(&register)?;
+    let deregister = build(&deregister)?;
     let shared = Arc::new(Shared {
         registered: AtomicU64::new(0),
         failed: AtomicU64::new(0),

@@ -51,7 +51,11 @@ fn serve(socket: UdpSocket, stop: Arc<AtomicBool>) {
             }
             Some("ps") => match (tokens.get(&clientid), query(&msg, "token")) {
                 (Some(expected), Some(token)) if *expected == token => {
-                    (Code::CHANGED, String::new())
+                    if msg.code() == Code::GET {
+                        (Code::CONTENT, String::new())
+                    } else {
+                        (Code::CHANGED, String::new())
+                    }
                 }
                 _ => (Code::UNAUTHORIZED, "bad token".to_owned()),
             },
@@ -62,11 +66,13 @@ fn serve(socket: UdpSocket, stop: Arc<AtomicBool>) {
         } else {
             MessageType::Non
         };
-        let reply = Message::new(mtype, code, msg.message_id())
+        let mut reply = Message::new(mtype, code, msg.message_id())
             .with_token(msg.token().to_vec())
-            .with_payload(payload.into_bytes())
-            .to_bytes()
-            .unwrap();
+            .with_payload(payload.into_bytes());
+        if code == Code::CONTENT && msg.observe() == Some(0) {
+            reply = reply.with_observe(1);
+        }
+        let reply = reply.to_bytes().unwrap();
         let _ = socket.send_to(&reply, peer);
     }
 }
@@ -97,6 +103,20 @@ fn connect_mode_adds_each_clients_token() {
     assert_eq!(summary["sockets"], 5, "{summary}");
     assert_eq!(summary["responses_by_code"]["2.04"], 500, "{summary}");
     assert_eq!(u(&summary, "timeouts"), 0, "{summary}");
+
+    // Observers in connection mode: each connects, then registers with
+    // its clientid and token.
+    let summary = load_json(&[
+        &uri,
+        "--observe",
+        "4",
+        "--duration",
+        "200ms",
+        "--connect",
+        "mqtt/connection?clientid=c{client}",
+    ]);
+    assert_eq!(summary["observe"]["registered"], 4, "{summary}");
+    assert_eq!(summary["sockets"], 4, "{summary}");
 
     // Without --connect the same requests carry no token: 4.01.
     let summary = load_json(&[
