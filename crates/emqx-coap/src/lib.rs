@@ -52,6 +52,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod gateway;
 pub mod mountpoint;
 pub mod redact;
 pub mod topic;

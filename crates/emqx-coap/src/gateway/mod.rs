@@ -1,0 +1,1323 @@
+//! The CoAP side of EMQX mode: the `mqtt/connection` and `ps/{topic}`
+//! resources, connection-mode sessions, observe relations as broker
+//! subscriptions, and notifications from broker deliveries.
+//!
+//! ```text
+//!  coap-endpoint Server ──IncomingRequestHandle──▶ Gateway::serve
+//!        ▲   │                                        │ route: mqtt/connection | ps/{topic} | 4.04
+//!        │   │ ServerEvent::ObserveCancelled ─────────┤ params, session/token or per-request auth,
+//!        │   └──────────────▶ Gateway::handle_event   │ ACL, mountpoint, Broker publish/subscribe
+//!        │                                            ▼
+//!        └── EndpointHandle::notify ◀── Gateway::run_deliveries ◀── broker::Deliveries
+//!                                     Gateway::run_expiry (heartbeat × 1.5, idle observers)
+//! ```
+//!
+//! How to run it: build a [`Gateway`] from an `Arc<dyn Broker>` and
+//! [`GatewaySettings`], spawn [`Gateway::run_deliveries`] with the broker's
+//! [`Deliveries`] and [`Gateway::run_expiry`], then hand each
+//! `coap_endpoint::Server` (plain UDP, DTLS) to [`Gateway::run_server`].
+//! Tests and custom drivers call [`Gateway::handle_at`] with an explicit
+//! time instead, then [`Gateway::finish_observe`] with the relation the
+//! endpoint established.
+//!
+//! Invariants:
+//! - Every failure becomes exactly one response in one place
+//!   (`request::Failure::response`): 4.00/4.01/4.04/4.05/4.13/4.29/5.00/5.03
+//!   with a short UTF-8 diagnostic and Content-Format 0.
+//! - A connection-mode session is keyed by clientid; a valid request from a
+//!   new address moves the session and its observe relations there
+//!   (`EndpointHandle::rebind`).
+//! - Every observer owns exactly one broker subscription (its
+//!   [`SubscriberId`]); whichever way the relation ends (deregistration,
+//!   RST, CON timeout, session end, idle lifetime) the subscription is
+//!   removed at the broker.
+//! - Maps keyed by something a peer controls are bounded
+//!   ([`GatewaySettings::max_sessions`], [`GatewaySettings::max_observers`],
+//!   the bad-token limiter).
+
+mod request;
+mod session;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coap_endpoint::coap_codec::{Code, ContentFormat, Message, MessageType};
+use coap_endpoint::{
+    EndpointHandle, IncomingRequestHandle, NotifyError, Peer, RelationId, Server, ServerError,
+    ServerEvent, Transport, response,
+};
+use tokio::sync::Semaphore;
+
+use crate::auth::{Action, AuthCache, AuthFile, Requester};
+use crate::broker::presence::{PresenceEvent, publish_presence};
+use crate::broker::{
+    Broker, ClientInfo, Deliveries, Delivery, Message as BrokerMessage, Publish, Qos, SubscriberId,
+};
+use crate::mountpoint::Mountpoint;
+use crate::redact::redact_uri;
+use crate::topic::{TopicFilter, TopicName};
+use request::{Failure, Params, topic_from_path};
+use session::{BadTokenLimiter, LimitKey, Session, Sessions, new_token, tokens_equal};
+
+/// Which listener (CoAP server) a request came through; relation ids are
+/// only unique per listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub(crate) usize);
+
+/// How a QoS is chosen when the request has no `qos` parameter
+/// (`--publish-qos`, `--subscribe-qos`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QosPolicy {
+    /// CON → QoS 1, NON → QoS 0 (the default).
+    #[default]
+    Coap,
+    /// Always this QoS.
+    Fixed(Qos),
+}
+
+impl QosPolicy {
+    /// The QoS for a request of the given message type.
+    pub fn resolve(self, confirmable: bool) -> Qos {
+        match self {
+            Self::Coap if confirmable => Qos::AtLeastOnce,
+            Self::Coap => Qos::AtMostOnce,
+            Self::Fixed(qos) => qos,
+        }
+    }
+}
+
+impl FromStr for QosPolicy {
+    type Err = String;
+
+    /// `coap`, `qos0`, `qos1` or `qos2`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "coap" => Ok(Self::Coap),
+            "qos0" => Ok(Self::Fixed(Qos::AtMostOnce)),
+            "qos1" => Ok(Self::Fixed(Qos::AtLeastOnce)),
+            "qos2" => Ok(Self::Fixed(Qos::ExactlyOnce)),
+            other => Err(format!(
+                "QoS policy {other:?}: expected coap, qos0, qos1 or qos2"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for QosPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Coap => f.write_str("coap"),
+            Self::Fixed(qos) => write!(f, "qos{}", qos.as_u8()),
+        }
+    }
+}
+
+/// Message type of notifications (`--notify-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyType {
+    /// QoS 0 → NON, QoS ≥ 1 → CON (the default).
+    #[default]
+    Qos,
+    /// Always CON.
+    Con,
+    /// Always NON (the endpoint still sends a CON every
+    /// `observe_con_every` notifications to check the observer is alive).
+    Non,
+}
+
+impl FromStr for NotifyType {
+    type Err = String;
+
+    /// `qos`, `con` or `non`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "qos" => Ok(Self::Qos),
+            "con" => Ok(Self::Con),
+            "non" => Ok(Self::Non),
+            other => Err(format!("notify type {other:?}: expected qos, con or non")),
+        }
+    }
+}
+
+impl std::fmt::Display for NotifyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Qos => "qos",
+            Self::Con => "con",
+            Self::Non => "non",
+        })
+    }
+}
+
+/// Behaviour of the gateway. `Default` gives the spec's defaults; each
+/// field states its own.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GatewaySettings {
+    /// Connection mode: `POST mqtt/connection` first, then clientid + token
+    /// on every request. Default false (connectionless).
+    pub connection_required: bool,
+    /// Heartbeat interval; a session without a request for 1.5 × this
+    /// expires. Default 30 s.
+    pub heartbeat: Duration,
+    /// Notification message type. Default [`NotifyType::Qos`].
+    pub notify_type: NotifyType,
+    /// Publish QoS without a `qos` parameter. Default [`QosPolicy::Coap`].
+    pub publish_qos: QosPolicy,
+    /// Subscription QoS without a `qos` parameter. Default [`QosPolicy::Coap`].
+    pub subscribe_qos: QosPolicy,
+    /// Topic prefix with `${clientid}` / `${username}`. Default empty.
+    pub mountpoint: Mountpoint,
+    /// Largest publish payload; larger gets 4.13. Default 4 MiB.
+    pub max_payload_size: usize,
+    /// Max-Age of 5.03 answers (broker unavailable, limits). Default 5 s.
+    pub unavailable_max_age: u32,
+    /// Most connection-mode sessions; more get 5.03. Default 100 000.
+    pub max_sessions: usize,
+    /// Most observe relations (broker subscriptions); more get 5.03.
+    /// Default 100 000.
+    pub max_observers: usize,
+    /// Connectionless observers without a notification or request for
+    /// this long are ended (final 4.04 notification). Default `None`: they
+    /// live until RST, a CON timeout or deregistration.
+    pub observe_idle_lifetime: Option<Duration>,
+    /// Node name for `$SYS/brokers/<node>/gateway/coap/clients/...`
+    /// presence events; `None` (the default) sends none.
+    pub presence_node: Option<String>,
+    /// Password-hash checks running at once (they are slow on purpose).
+    /// Default 4.
+    pub auth_concurrency: usize,
+    /// Remember successful per-request authentications this long
+    /// ([`AuthCache`]). Default `None` (verify every request).
+    pub auth_cache_ttl: Option<Duration>,
+    /// Bad tokens per clientid or per IP address within
+    /// [`GatewaySettings::bad_token_window`] before further token checks
+    /// are refused with 4.29. Default 10.
+    pub bad_token_limit: u32,
+    /// The bad-token window. Default 10 s.
+    pub bad_token_window: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            connection_required: false,
+            heartbeat: Duration::from_secs(30),
+            notify_type: NotifyType::Qos,
+            publish_qos: QosPolicy::Coap,
+            subscribe_qos: QosPolicy::Coap,
+            mountpoint: Mountpoint::default(),
+            max_payload_size: 4 * 1024 * 1024,
+            unavailable_max_age: 5,
+            max_sessions: 100_000,
+            max_observers: 100_000,
+            observe_idle_lifetime: None,
+            presence_node: None,
+            auth_concurrency: 4,
+            auth_cache_ttl: None,
+            bad_token_limit: 10,
+            bad_token_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Hooks for metrics; every method has a no-op default.
+pub trait GatewayObserver: Send + Sync {
+    /// A response with `code` was produced for a request.
+    fn response(&self, code: Code) {
+        let _ = code;
+    }
+    /// A publish was accepted by the broker.
+    fn published(&self, qos: Qos) {
+        let _ = qos;
+    }
+    /// A notification was handed to the endpoint.
+    fn notified(&self, confirmable: bool) {
+        let _ = confirmable;
+    }
+}
+
+struct NoObserver;
+
+impl GatewayObserver for NoObserver {}
+
+/// The answer to one request, from [`Gateway::handle_at`].
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The response to send.
+    pub response: Message,
+    subscriber: Option<SubscriberId>,
+}
+
+impl Reply {
+    /// For an accepted observe registration: the subscriber to pass to
+    /// [`Gateway::finish_observe`] once the response is sent.
+    pub fn subscriber(&self) -> Option<SubscriberId> {
+        self.subscriber
+    }
+
+    fn code(code: Code) -> Self {
+        Self {
+            response: response(code),
+            subscriber: None,
+        }
+    }
+}
+
+/// Notifications queued for an observer whose relation is not established
+/// yet (wildcard retained messages arrive right after the subscribe).
+const EARLY_DELIVERIES: usize = 32;
+
+/// The EMQX-mode gateway; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    broker: Arc<dyn Broker>,
+    auth: Option<Arc<AuthFile>>,
+    auth_cache: Option<Arc<AuthCache>>,
+    auth_slots: Arc<Semaphore>,
+    settings: GatewaySettings,
+    state: Mutex<State>,
+    listeners: Mutex<Vec<EndpointHandle>>,
+    next_subscriber: AtomicU64,
+    observer: Arc<dyn GatewayObserver>,
+}
+
+struct State {
+    sessions: Sessions,
+    observers: HashMap<SubscriberId, Observer>,
+    relations: HashMap<(ListenerId, RelationId), SubscriberId>,
+    limiter: BadTokenLimiter,
+}
+
+/// One observe relation and the broker subscription behind it.
+struct Observer {
+    client: ClientInfo,
+    /// Mounted filter, as subscribed at the broker.
+    filter: TopicFilter,
+    listener: ListenerId,
+    peer: Peer,
+    /// The CoAP token of the registration.
+    token: Bytes,
+    /// The connection-mode session (clientid) it belongs to.
+    session: Option<String>,
+    relation: Option<RelationId>,
+    early: VecDeque<BrokerMessage>,
+    last_activity: Instant,
+}
+
+/// Who a request acts for, after authentication.
+struct Who {
+    client: ClientInfo,
+    session: Option<String>,
+}
+
+/// How an observe relation ends from the gateway's side.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The endpoint already ended it (event, deregistration, unknown relation).
+    Gone,
+    /// End it silently.
+    Silent,
+    /// Send a final error notification with this code and text.
+    Final(Code, &'static str),
+}
+
+impl Gateway {
+    /// A gateway on `broker`; `auth` enables username/password checks and
+    /// ACLs.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        auth: Option<Arc<AuthFile>>,
+        settings: GatewaySettings,
+    ) -> Self {
+        let auth_cache = match (&auth, settings.auth_cache_ttl) {
+            (Some(_), Some(ttl)) => Some(Arc::new(AuthCache::new(10_000, ttl))),
+            _ => None,
+        };
+        let limiter =
+            BadTokenLimiter::new(settings.bad_token_limit, settings.bad_token_window, 100_000);
+        Self {
+            inner: Arc::new(Inner {
+                broker,
+                auth,
+                auth_cache,
+                auth_slots: Arc::new(Semaphore::new(settings.auth_concurrency.max(1))),
+                state: Mutex::new(State {
+                    sessions: Sessions::default(),
+                    observers: HashMap::new(),
+                    relations: HashMap::new(),
+                    limiter,
+                }),
+                settings,
+                listeners: Mutex::new(Vec::new()),
+                next_subscriber: AtomicU64::new(1),
+                observer: Arc::new(NoObserver),
+            }),
+        }
+    }
+
+    /// Sets the metrics hooks (call before sharing the gateway).
+    pub fn with_observer(mut self, observer: Arc<dyn GatewayObserver>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.observer = observer;
+        }
+        self
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.inner.settings
+    }
+
+    /// Current connection-mode sessions.
+    pub fn session_count(&self) -> usize {
+        self.state().sessions.len()
+    }
+
+    /// Current observers (established or being established).
+    pub fn observer_count(&self) -> usize {
+        self.state().observers.len()
+    }
+
+    /// Registers a listener's endpoint handle (for notifications, rebinds).
+    pub fn attach(&self, handle: EndpointHandle) -> ListenerId {
+        let mut listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        listeners.push(handle);
+        ListenerId(listeners.len() - 1)
+    }
+
+    /// Serves `server` until `shutdown` completes: attaches it, follows its
+    /// observe events and answers every request.
+    pub async fn run_server<T: Transport>(
+        &self,
+        mut server: Server<T>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let listener = self.attach(server.handle());
+        let mut events = server.events();
+        let me = self.clone();
+        let event_task = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                me.handle_event(listener, event).await;
+            }
+        });
+        let me = self.clone();
+        let result = server
+            .run(
+                move |request: IncomingRequestHandle| {
+                    let me = me.clone();
+                    async move { me.serve(listener, request).await }
+                },
+                shutdown,
+            )
+            .await;
+        event_task.abort();
+        result
+    }
+
+    /// Answers one request from `listener` (what [`Gateway::run_server`]
+    /// calls per request).
+    pub async fn serve(&self, listener: ListenerId, request: IncomingRequestHandle) {
+        let IncomingRequestHandle {
+            peer,
+            message,
+            observe_registration,
+            responder,
+        } = request;
+        let reply = self
+            .handle_at(
+                listener,
+                &peer,
+                &message,
+                observe_registration,
+                Instant::now(),
+            )
+            .await;
+        let subscriber = reply.subscriber;
+        let result = responder.respond(reply.response).await;
+        if let Some(subscriber) = subscriber {
+            let relation = result.ok().flatten();
+            self.finish_observe(listener, subscriber, relation).await;
+        }
+    }
+
+    /// The answer to `message` from `peer` at time `now`. For an accepted
+    /// observe registration ([`Reply::subscriber`]), call
+    /// [`Gateway::finish_observe`] after sending the response.
+    pub async fn handle_at(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        message: &Message,
+        observe_registration: bool,
+        now: Instant,
+    ) -> Reply {
+        let reply = match self
+            .route(listener, peer, message, observe_registration, now)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(failure) => Reply {
+                response: failure.response(),
+                subscriber: None,
+            },
+        };
+        self.inner.observer.response(reply.response.code);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let uri = describe_uri(message);
+            tracing::debug!(
+                peer = %peer,
+                method = %message.code,
+                uri = %redact_uri(&uri),
+                code = %reply.response.code,
+                "request"
+            );
+        }
+        reply
+    }
+
+    /// Completes an observe registration: `Some(relation)` if the endpoint
+    /// established the relation, `None` if it did not (the subscription is
+    /// removed).
+    pub async fn finish_observe(
+        &self,
+        listener: ListenerId,
+        subscriber: SubscriberId,
+        relation: Option<RelationId>,
+    ) {
+        let Some(relation) = relation else {
+            self.release(subscriber, Ending::Gone).await;
+            return;
+        };
+        let (replaced, early) = {
+            let mut state = self.state();
+            let replaced = state
+                .relations
+                .insert((listener, relation), subscriber)
+                .filter(|old| *old != subscriber);
+            let replaced = replaced.and_then(|old| state.observers.remove(&old).map(|o| (old, o)));
+            match state.observers.get_mut(&subscriber) {
+                Some(observer) => {
+                    observer.relation = Some(relation);
+                    (replaced, std::mem::take(&mut observer.early))
+                }
+                None => {
+                    // Cancelled while the response was on its way.
+                    state.relations.remove(&(listener, relation));
+                    (replaced, VecDeque::new())
+                }
+            }
+        };
+        if let Some((old, observer)) = replaced {
+            // Re-registration with the same token: the endpoint kept the
+            // relation, the old subscription goes.
+            self.unsubscribe(old, &observer).await;
+        }
+        for message in early {
+            self.notify(listener, relation, subscriber, &message).await;
+        }
+    }
+
+    /// Follows an endpoint event (relation ended by RST, CON timeout,
+    /// deregistration): the broker subscription is removed.
+    pub async fn handle_event(&self, listener: ListenerId, event: ServerEvent) {
+        if let ServerEvent::ObserveCancelled {
+            relation,
+            peer,
+            reason,
+        } = event
+        {
+            let subscriber = self.state().relations.remove(&(listener, relation));
+            if let Some(subscriber) = subscriber {
+                tracing::debug!(peer = %peer, ?reason, "observe relation ended");
+                self.release(subscriber, Ending::Gone).await;
+            }
+        }
+    }
+
+    /// Turns broker deliveries into notifications until the broker is
+    /// dropped.
+    pub async fn run_deliveries(&self, mut deliveries: Deliveries) {
+        while let Some(delivery) = deliveries.recv().await {
+            self.deliver(delivery).await;
+        }
+    }
+
+    /// Runs [`Gateway::expire_at`] periodically (a quarter of the
+    /// heartbeat, between 50 ms and 5 s) forever.
+    pub async fn run_expiry(&self) {
+        let period = (self.inner.settings.heartbeat / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticker.tick().await;
+            self.expire_at(Instant::now()).await;
+        }
+    }
+
+    /// Ends sessions without a request for 1.5 × heartbeat (with their
+    /// observers and subscriptions) and idle connectionless observers, at
+    /// time `now`. Returns how many sessions ended.
+    pub async fn expire_at(&self, now: Instant) -> usize {
+        let lifetime = self.inner.settings.heartbeat.saturating_mul(3) / 2;
+        let (sessions, idle) = {
+            let mut state = self.state();
+            state.limiter.prune(now);
+            let sessions = state.sessions.expire(now, lifetime);
+            let idle: Vec<SubscriberId> = match self.inner.settings.observe_idle_lifetime {
+                Some(limit) => state
+                    .observers
+                    .iter()
+                    .filter(|(_, o)| {
+                        o.session.is_none()
+                            && o.relation.is_some()
+                            && now.saturating_duration_since(o.last_activity) > limit
+                    })
+                    .map(|(id, _)| *id)
+                    .collect(),
+                None => Vec::new(),
+            };
+            (sessions, idle)
+        };
+        let ended = sessions.len();
+        for session in sessions {
+            self.end_session(
+                session,
+                "heartbeat expired",
+                Ending::Final(Code::UNAUTHORIZED, "session expired"),
+            )
+            .await;
+        }
+        for subscriber in idle {
+            self.release(
+                subscriber,
+                Ending::Final(Code::NOT_FOUND, "observe idle lifetime over"),
+            )
+            .await;
+        }
+        ended
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every mutation is a few map operations; a panic elsewhere leaves
+        // consistent data.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn listener(&self, listener: ListenerId) -> Option<EndpointHandle> {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(listener.0)
+            .cloned()
+    }
+
+    async fn route(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        message: &Message,
+        observe_registration: bool,
+        now: Instant,
+    ) -> Result<Reply, Failure> {
+        let mut path = message.uri_path();
+        match path.next() {
+            Some(b"ps") => {
+                self.pubsub(listener, peer, message, path, observe_registration, now)
+                    .await
+            }
+            Some(b"mqtt") => match (path.next(), path.next()) {
+                (Some(b"connection"), None) => self.connection(listener, peer, message, now).await,
+                _ => Err(Failure::NotFound("no such resource".into())),
+            },
+            _ => Err(Failure::NotFound("no such resource".into())),
+        }
+    }
+
+    // ---- mqtt/connection -------------------------------------------------
+
+    async fn connection(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        message: &Message,
+        now: Instant,
+    ) -> Result<Reply, Failure> {
+        let code = message.code;
+        if code != Code::POST && code != Code::PUT && code != Code::DELETE {
+            return Err(Failure::MethodNotAllowed);
+        }
+        let params = Params::parse(message)?;
+        match code {
+            Code::POST => self.connect(listener, peer, params, now).await,
+            Code::PUT => {
+                self.check_session(listener, peer, &params, now).await?;
+                Ok(Reply::code(Code::CHANGED))
+            }
+            _ => {
+                let who = self.check_session(listener, peer, &params, now).await?;
+                let session = who.session.and_then(|c| self.state().sessions.remove(&c));
+                if let Some(session) = session {
+                    self.end_session(session, "closed by the client", Ending::Silent)
+                        .await;
+                }
+                Ok(Reply::code(Code::DELETED))
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        params: Params,
+        now: Instant,
+    ) -> Result<Reply, Failure> {
+        let clientid = params
+            .clientid
+            .clone()
+            .or_else(|| identity_clientid(peer))
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Failure::BadRequest("clientid is required".into()))?;
+        if self
+            .state()
+            .sessions
+            .clientid_at(listener, peer)
+            .is_some_and(|c| c != clientid)
+        {
+            return Err(Failure::BadRequest(
+                "this address is connected with another clientid".into(),
+            ));
+        }
+        let client = ClientInfo {
+            clientid: Some(clientid.clone()),
+            username: params.username,
+            password: params.password,
+        };
+        self.authenticate(&client).await?;
+        let max_age = self.inner.settings.unavailable_max_age;
+        self.inner
+            .broker
+            .connect_client(&client)
+            .await
+            .map_err(|e| Failure::from_broker(e, max_age))?;
+        let token = new_token();
+        let replaced = {
+            let mut state = self.state();
+            if state.sessions.get(&clientid).is_none()
+                && state.sessions.len() >= self.inner.settings.max_sessions
+            {
+                return Err(Failure::Unavailable {
+                    reason: "too many sessions".into(),
+                    max_age,
+                });
+            }
+            state.sessions.insert(Session {
+                client: client.clone(),
+                token: token.clone(),
+                listener,
+                peer: peer.clone(),
+                last_seen: now,
+            })
+        };
+        if replaced.is_some() {
+            // A device that connects again (e.g. after a reboot) takes over:
+            // the old session's observers are gone with it.
+            for (subscriber, _) in self.session_observers(&clientid) {
+                self.release(subscriber, Ending::Silent).await;
+            }
+        }
+        if let Some(node) = &self.inner.settings.presence_node {
+            let _ = publish_presence(&*self.inner.broker, node, &client, PresenceEvent::Connected)
+                .await;
+        }
+        tracing::info!(clientid = %clientid, peer = %peer, "session started");
+        Ok(Reply {
+            response: response(Code::CREATED)
+                .with_content_format(ContentFormat::TEXT_PLAIN)
+                .with_payload(token.into_bytes()),
+            subscriber: None,
+        })
+    }
+
+    /// Checks clientid + token of a connection-mode request; marks the
+    /// session active and moves it to `peer` if the address changed.
+    async fn check_session(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        params: &Params,
+        now: Instant,
+    ) -> Result<Who, Failure> {
+        let clientid = params.clientid.clone().or_else(|| identity_clientid(peer));
+        let (Some(clientid), Some(token)) = (clientid, params.token.as_deref()) else {
+            return Err(Failure::BadRequest(
+                "clientid and token are required".into(),
+            ));
+        };
+        let keys = [
+            LimitKey::Ip(peer.addr.ip()),
+            LimitKey::Client(clientid.clone()),
+        ];
+        let (client, moved) = {
+            let mut state = self.state();
+            if let Some(wait) = state.limiter.blocked(&keys, now) {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return Err(Failure::TooManyRequests {
+                    retry_after: u32::try_from(secs).unwrap_or(u32::MAX),
+                });
+            }
+            let client = match state.sessions.get(&clientid) {
+                Some(session) if tokens_equal(&session.token, token) => session.client.clone(),
+                _ => {
+                    state.limiter.record(&keys, now);
+                    return Err(Failure::Unauthorized("bad clientid or token".into()));
+                }
+            };
+            let moved = state.sessions.touch(&clientid, listener, peer, now);
+            if let Some((old_listener, old_peer)) = &moved {
+                for observer in state.observers.values_mut() {
+                    if observer.session.as_deref() == Some(clientid.as_str())
+                        && observer.listener == *old_listener
+                        && observer.listener == listener
+                        && observer.peer == *old_peer
+                    {
+                        observer.peer = peer.clone();
+                    }
+                }
+            }
+            (client, moved)
+        };
+        if let Some((old_listener, old_peer)) = moved {
+            tracing::debug!(clientid = %clientid, from = %old_peer, to = %peer, "session moved");
+            if old_listener == listener
+                && let Some(handle) = self.listener(listener)
+            {
+                let _ = handle.rebind(old_peer, peer.clone()).await;
+            }
+        }
+        Ok(Who {
+            client,
+            session: Some(clientid),
+        })
+    }
+
+    /// Who a `ps` request acts for: the session (connection mode, or any
+    /// request that carries a token), else the request's own credentials.
+    async fn resolve(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        params: &Params,
+        now: Instant,
+    ) -> Result<Who, Failure> {
+        if self.inner.settings.connection_required || params.token.is_some() {
+            return self.check_session(listener, peer, params, now).await;
+        }
+        let client = ClientInfo {
+            clientid: params
+                .clientid
+                .clone()
+                .or_else(|| identity_clientid(peer))
+                .filter(|c| !c.is_empty()),
+            username: params.username.clone(),
+            password: params.password.clone(),
+        };
+        self.authenticate(&client).await?;
+        Ok(Who {
+            client,
+            session: None,
+        })
+    }
+
+    /// Checks username/password against the authentication file, if one is
+    /// configured, off the async threads and with bounded concurrency.
+    async fn authenticate(&self, client: &ClientInfo) -> Result<(), Failure> {
+        let Some(auth) = self.inner.auth.clone() else {
+            return Ok(());
+        };
+        let (Some(username), Some(password)) = (client.username.clone(), client.password.clone())
+        else {
+            return Err(Failure::Unauthorized(
+                "username and password are required".into(),
+            ));
+        };
+        let permit = self
+            .inner
+            .auth_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Failure::Internal("authentication unavailable".into()))?;
+        let cache = self.inner.auth_cache.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            match cache {
+                Some(cache) => cache.authenticate_at(&auth, &username, &password, Instant::now()),
+                None => auth.authenticate(&username, &password),
+            }
+        })
+        .await
+        .map_err(|_| Failure::Internal("authentication failed to run".into()))?;
+        result.map_err(|error| {
+            tracing::debug!(clientid = ?client.clientid, username = ?client.username, %error, "authentication failed");
+            Failure::Unauthorized("authentication failed".into())
+        })
+    }
+
+    fn authorize(&self, who: &Who, action: Action, topic: &str) -> Result<(), Failure> {
+        let Some(auth) = &self.inner.auth else {
+            return Ok(());
+        };
+        let requester = Requester {
+            clientid: who.client.clientid.as_deref(),
+            username: who.client.username.as_deref(),
+        };
+        if auth.authorize(requester, action, topic) {
+            Ok(())
+        } else {
+            Err(Failure::Unauthorized(
+                "not authorized for this topic".into(),
+            ))
+        }
+    }
+
+    // ---- ps/{topic} ----------------------------------------------------
+
+    async fn pubsub<'m>(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        message: &'m Message,
+        path: impl Iterator<Item = &'m [u8]>,
+        observe_registration: bool,
+        now: Instant,
+    ) -> Result<Reply, Failure> {
+        let code = message.code;
+        if code != Code::POST && code != Code::GET {
+            return Err(Failure::MethodNotAllowed);
+        }
+        let topic = topic_from_path(path)?;
+        let params = Params::parse(message)?;
+        if code == Code::POST {
+            return self
+                .publish(listener, peer, message, topic, params, now)
+                .await;
+        }
+        match message.observe() {
+            Some(0) => {
+                if !observe_registration || message.token.is_empty() {
+                    return Err(Failure::BadRequest("observe needs a token".into()));
+                }
+                self.observe(listener, peer, message, topic, params, now)
+                    .await
+            }
+            Some(1) => {
+                self.unobserve(listener, peer, message, topic, params, now)
+                    .await
+            }
+            _ => self.read(listener, peer, topic, params, now).await,
+        }
+    }
+
+    async fn publish(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        message: &Message,
+        topic: String,
+        params: Params,
+        now: Instant,
+    ) -> Result<Reply, Failure> {
+        let name = TopicName::new(topic)
+            .map_err(|e| Failure::BadRequest(format!("invalid topic: {e}").into()))?;
+        let qos = match params.qos()? {
+            Some(qos) => qos,
+            None => self
+                .inner
+                .settings
+                .publish_qos
+                .resolve(message.mtype == MessageType::Con),
+        };
+        let retain = params.retain()?;
+        let expiry = params.expiry()?;
+        let max = self.inner.settings.max_payload_size;
+        if message.payload.len() > max {
+            return Err(Failure::TooLarge { max });
+        }
+        let who = self.resolve(listener, peer, &params, now).await?;
+        self.authorize(&who, Action::Publish, name.as_str())?;
+        let mounted = self
+            .inner
+            .settings
+            .mountpoint
+            .mount_name(
+                who.client.clientid.as_deref(),
+                who.client.username.as_deref(),
+                &name,
+            )
+            .map_err(|e| Failure::BadRequest(e.to_string().into()))?;
+        let mut publish = Publish::new(mounted, message.payload.clone())
+            .qos(qos)
+            .retain(retain)
+            .expiry(expiry);
+        publish.content_type = message
+            .content_format()
+            .and_then(ContentFormat::media_type)
+            .map(str::to_owned);
+        let max_age = self.inner.settings.unavailable_max_age;
+        self.inner
+            .broker
+            .publish(&who.client, publish)
+            .await
+            .map_err(|e| Failure::from_broker(e, max_age))?;
+        self.inner.observer.published(qos);
+        Ok(Reply::code(Code::CHANGED))
+    }
+
+    async fn observe(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        message: &Message,
+        topic: String,
+        params: Params,
+        now: Instant,
+    ) -> Result<Reply, Failure> {
+        let filter = TopicFilter::new(topic)
+            .map_err(|e| Failure::BadRequest(format!("invalid topic filter: {e}").into()))?;
+        let qos = match params.qos()? {
+            Some(qos) => qos,
+            None => self
+                .inner
+                .settings
+                .subscribe_qos
+                .resolve(message.mtype == MessageType::Con),
+        };
+        let who = self.resolve(listener, peer, &params, now).await?;
+        self.authorize(&who, Action::Subscribe, filter.as_str())?;
+        let mounted = self.mount_filter(&who, &filter)?;
+        let max_age = self.inner.settings.unavailable_max_age;
+        let subscriber = SubscriberId(self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed));
+        {
+            let mut state = self.state();
+            if state.observers.len() >= self.inner.settings.max_observers {
+                return Err(Failure::Unavailable {
+                    reason: "too many observers".into(),
+                    max_age,
+                });
+            }
+            state.observers.insert(
+                subscriber,
+                Observer {
+                    client: who.client.clone(),
+                    filter: mounted.clone(),
+                    listener,
+                    peer: peer.clone(),
+                    token: message.token.clone(),
+                    session: who.session.clone(),
+                    relation: None,
+                    early: VecDeque::new(),
+                    last_activity: now,
+                },
+            );
+        }
+        let subscribed = match self
+            .inner
+            .broker
+            .subscribe(&who.client, subscriber, &mounted, qos)
+            .await
+        {
+            Ok(subscribed) => subscribed,
+            Err(error) => {
+                self.state().observers.remove(&subscriber);
+                return Err(Failure::from_broker(error, max_age));
+            }
+        };
+        let mut answer = response(Code::CONTENT).with_observe(0);
+        if let Some(retained) = subscribed.retained.into_iter().next() {
+            answer = with_content(answer, &retained);
+        }
+        Ok(Reply {
+            response: answer,
+            subscriber: Some(subscriber),
+        })
+    }
+
+    async fn unobserve(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        message: &Message,
+        topic: String,
+        params: Params,
+        now: Instant,
+    ) -> Result<Reply, Failure> {
+        let filter = TopicFilter::new(topic)
+            .map_err(|e| Failure::BadRequest(format!("invalid topic filter: {e}").into()))?;
+        let who = self.resolve(listener, peer, &params, now).await?;
+        let mounted = self.mount_filter(&who, &filter)?;
+        let ended: Vec<SubscriberId> = {
+            let state = self.state();
+            state
+                .observers
+                .iter()
+                .filter(|(_, o)| {
+                    o.listener == listener
+                        && ((o.peer == *peer && o.token == message.token)
+                            || (o.filter == mounted
+                                && (o.peer == *peer
+                                    || (who.session.is_some() && o.session == who.session))))
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for subscriber in ended {
+            self.release(subscriber, Ending::Silent).await;
+        }
+        Ok(Reply::code(Code::VALID))
+    }
+
+    async fn read(
+        &self,
+        listener: ListenerId,
+        peer: &Peer,
+        topic: String,
+        params: Params,
+        now: Instant,
+    ) -> Result<Reply, Failure> {
+        let name = TopicName::new(topic)
+            .map_err(|e| Failure::BadRequest(format!("invalid topic: {e}").into()))?;
+        let who = self.resolve(listener, peer, &params, now).await?;
+        self.authorize(&who, Action::Subscribe, name.as_str())?;
+        let mounted = self
+            .inner
+            .settings
+            .mountpoint
+            .mount_name(
+                who.client.clientid.as_deref(),
+                who.client.username.as_deref(),
+                &name,
+            )
+            .map_err(|e| Failure::BadRequest(e.to_string().into()))?;
+        let max_age = self.inner.settings.unavailable_max_age;
+        match self
+            .inner
+            .broker
+            .retained(&who.client, &mounted)
+            .await
+            .map_err(|e| Failure::from_broker(e, max_age))?
+        {
+            Some(retained) => Ok(Reply {
+                response: with_content(response(Code::CONTENT), &retained),
+                subscriber: None,
+            }),
+            None => Err(Failure::NotFound("no retained message".into())),
+        }
+    }
+
+    fn mount_filter(&self, who: &Who, filter: &TopicFilter) -> Result<TopicFilter, Failure> {
+        self.inner
+            .settings
+            .mountpoint
+            .mount_filter(
+                who.client.clientid.as_deref(),
+                who.client.username.as_deref(),
+                filter,
+            )
+            .map_err(|e| Failure::BadRequest(e.to_string().into()))
+    }
+
+    // ---- observers and notifications -------------------------------------
+
+    async fn deliver(&self, delivery: Delivery) {
+        let target = {
+            let mut state = self.state();
+            let Some(observer) = state.observers.get_mut(&delivery.subscriber) else {
+                return;
+            };
+            observer.last_activity = Instant::now();
+            match observer.relation {
+                Some(relation) => (observer.listener, relation),
+                None => {
+                    if observer.early.len() >= EARLY_DELIVERIES {
+                        observer.early.pop_front();
+                    }
+                    observer.early.push_back(delivery.message);
+                    return;
+                }
+            }
+        };
+        self.notify(target.0, target.1, delivery.subscriber, &delivery.message)
+            .await;
+    }
+
+    async fn notify(
+        &self,
+        listener: ListenerId,
+        relation: RelationId,
+        subscriber: SubscriberId,
+        message: &BrokerMessage,
+    ) {
+        let Some(handle) = self.listener(listener) else {
+            return;
+        };
+        let confirmable = match self.inner.settings.notify_type {
+            NotifyType::Con => true,
+            NotifyType::Non => false,
+            NotifyType::Qos => message.qos != Qos::AtMostOnce,
+        };
+        let notification = with_content(response(Code::CONTENT), message);
+        match handle.notify(relation, notification, confirmable).await {
+            Ok(()) => self.inner.observer.notified(confirmable),
+            Err(ServerError::Notify(NotifyError::UnknownRelation)) => {
+                self.release(subscriber, Ending::Gone).await;
+            }
+            Err(error) => tracing::debug!(%error, "notification not sent"),
+        }
+    }
+
+    /// The observers of a connection-mode session.
+    fn session_observers(&self, clientid: &str) -> Vec<(SubscriberId, ListenerId)> {
+        self.state()
+            .observers
+            .iter()
+            .filter(|(_, o)| o.session.as_deref() == Some(clientid))
+            .map(|(id, o)| (*id, o.listener))
+            .collect()
+    }
+
+    /// Ends an observer: forgets it, removes its broker subscription and
+    /// ends the relation at the endpoint as `ending` says.
+    async fn release(&self, subscriber: SubscriberId, ending: Ending) {
+        let observer = {
+            let mut state = self.state();
+            let observer = state.observers.remove(&subscriber);
+            if let Some(relation) = observer.as_ref().and_then(|o| o.relation) {
+                let key = (
+                    observer.as_ref().map_or(ListenerId(0), |o| o.listener),
+                    relation,
+                );
+                if state.relations.get(&key) == Some(&subscriber) {
+                    state.relations.remove(&key);
+                }
+            }
+            observer
+        };
+        let Some(observer) = observer else {
+            return;
+        };
+        self.unsubscribe(subscriber, &observer).await;
+        if let (Some(relation), Some(handle)) =
+            (observer.relation, self.listener(observer.listener))
+        {
+            match ending {
+                Ending::Gone => {}
+                Ending::Silent => {
+                    let _ = handle.cancel_observe(relation);
+                }
+                Ending::Final(code, text) => {
+                    let last = response(code)
+                        .with_content_format(ContentFormat::TEXT_PLAIN)
+                        .with_payload(text.as_bytes());
+                    let _ = handle.notify(relation, last, true).await;
+                }
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, subscriber: SubscriberId, observer: &Observer) {
+        let _ = self
+            .inner
+            .broker
+            .unsubscribe(&observer.client, subscriber, &observer.filter)
+            .await;
+    }
+
+    /// Ends a session that is already out of the table.
+    async fn end_session(&self, session: Session, why: &'static str, ending: Ending) {
+        let clientid = session.client.clientid.clone().unwrap_or_default();
+        for (subscriber, _) in self.session_observers(&clientid) {
+            self.release(subscriber, ending).await;
+        }
+        self.inner.broker.disconnect_client(&session.client).await;
+        if let Some(node) = &self.inner.settings.presence_node {
+            let _ = publish_presence(
+                &*self.inner.broker,
+                node,
+                &session.client,
+                PresenceEvent::Disconnected,
+            )
+            .await;
+        }
+        tracing::info!(clientid = %clientid, peer = %session.peer, reason = why, "session ended");
+    }
+}
+
+/// `message` with the payload and, if known, the Content-Format of a broker
+/// message.
+fn with_content(message: Message, from: &BrokerMessage) -> Message {
+    let mut message = message.with_payload(from.payload.clone());
+    if let Some(format) = from
+        .content_type
+        .as_deref()
+        .and_then(ContentFormat::from_media_type)
+    {
+        message = message.with_content_format(format);
+    }
+    message
+}
+
+/// The DTLS PSK identity as a clientid, if it is UTF-8.
+fn identity_clientid(peer: &Peer) -> Option<String> {
+    peer.identity
+        .as_ref()
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+}
+
+/// `path?query` of a request, for (redacted) logging.
+fn describe_uri(message: &Message) -> String {
+    let mut uri = String::new();
+    for (i, segment) in message.uri_path().enumerate() {
+        if i > 0 {
+            uri.push('/');
+        }
+        uri.push_str(&String::from_utf8_lossy(segment));
+    }
+    for (i, entry) in message.uri_query().enumerate() {
+        uri.push(if i == 0 { '?' } else { '&' });
+        uri.push_str(&String::from_utf8_lossy(entry));
+    }
+    uri
+}
+
+#[cfg(test)]
+mod tests;
