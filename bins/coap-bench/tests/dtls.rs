@@ -79,3 +79,29 @@ fn load_and_request_over_dtls_psk() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn load_over_dtls_against_the_gnutls_server() {
+    // A second, independent DTLS stack on the server side.
+    let port = free_port(true);
+    let uri = format!("coaps://127.0.0.1:{}/time", port + 1);
+    let _server = start_libcoap(
+        "coap-server-gnutls",
+        port,
+        &["-k", KEY],
+        &[&uri, "-u", "bench", "-k", KEY],
+    );
+    let summary = load_json(&[
+        &uri,
+        "-u",
+        "bench",
+        "-k",
+        KEY,
+        "--requests",
+        "500",
+        "--clients",
+        "2",
+    ]);
+    assert_eq!(summary["responses_by_code"]["2.05"], 500, "{summary}");
+    assert_eq!(u(&summary, "timeouts"), 0, "{summary}");
+}
