@@ -266,6 +266,8 @@ pub(crate) struct Pdu {
     pub(crate) code: String,
     /// The option list as printed, e.g. `Location-Path:c, 65000:\x01...`.
     pub(crate) options: String,
+    /// The payload as printed (printable bytes as themselves).
+    pub(crate) payload: String,
 }
 
 /// What a coap-client run showed.
@@ -273,7 +275,7 @@ pub(crate) struct Pdu {
 pub(crate) struct ClientRun {
     /// Every PDU line, requests and responses.
     pub(crate) pdus: Vec<Pdu>,
-    /// The response payload as printed on stdout.
+    /// The payload of the final response, as printed in its PDU line.
     pub(crate) payload: String,
     /// What the client printed for an error response (`CODE text`).
     pub(crate) diagnostic: String,
@@ -345,9 +347,16 @@ pub(crate) async fn coap_client_with_wait(
             .collect::<Vec<_>>()
             .join("\n")
     };
+    let pdus: Vec<Pdu> = pdus;
+    let payload = pdus
+        .iter()
+        .rev()
+        .find(|p| p.code.contains('.') && p.code != "0.00")
+        .map(|p| p.payload.clone())
+        .unwrap_or_default();
     ClientRun {
         pdus,
-        payload: plain(&stdout),
+        payload,
         diagnostic: plain(&stderr),
         stderr,
     }
@@ -372,10 +381,15 @@ fn parse_pdu(line: &str) -> Option<Pdu> {
         (Some(a), Some(b)) if b > a + 2 => head[a + 2..b].trim().to_owned(),
         _ => String::new(),
     };
+    let payload = rest
+        .split_once(" :: ")
+        .map(|(_, p)| p.trim_end().trim_matches('\'').to_owned())
+        .unwrap_or_default();
     Some(Pdu {
         mtype,
         code,
         options,
+        payload,
     })
 }
 
