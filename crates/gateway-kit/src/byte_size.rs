@@ -105,7 +105,7 @@ impl fmt::Display for ByteSize {
         ];
         match UNITS
             .iter()
-            .find(|(size, _)| self.0 != 0 && self.0 % size == 0)
+            .find(|(size, _)| self.0 != 0 && self.0.is_multiple_of(*size))
         {
             Some((size, name)) => write!(f, "{}{name}", self.0 / size),
             None => write!(f, "{}", self.0),

@@ -169,7 +169,7 @@ impl fmt::Display for HumanDuration {
         let (size, name) = UNITS
             .iter()
             .copied()
-            .find(|(size, _)| nanos % size == 0)
+            .find(|(size, _)| nanos.is_multiple_of(*size))
             .unwrap_or((1, "ns"));
         write!(f, "{}{name}", nanos / size)
     }
