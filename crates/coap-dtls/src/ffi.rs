@@ -1,7 +1,7 @@
 //! The OpenSSL calls the `openssl` crate does not wrap: `DTLSv1_listen`,
 //! the DTLS retransmission timer (`DTLSv1_get_timeout`,
-//! `DTLSv1_handle_timeout`, `DTLS_set_timer_cb`) and
-//! `SSL_CTX_use_psk_identity_hint`.
+//! `DTLSv1_handle_timeout`, `DTLS_set_timer_cb`),
+//! `SSL_CTX_use_psk_identity_hint` and `OPENSSL_cleanse`.
 //!
 //! This is the only module of the crate with `unsafe` code. The functions are
 //! declared here against OpenSSL 3.0's `ssl.h`; `openssl-sys` links libssl.
@@ -47,6 +47,15 @@ unsafe extern "C" {
     fn SSL_alloc_buffers(ssl: *mut openssl_sys::SSL) -> c_int;
     fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> usize;
     fn SSL_CTX_use_psk_identity_hint(ctx: *mut openssl_sys::SSL_CTX, hint: *const c_char) -> c_int;
+    fn OPENSSL_cleanse(ptr: *mut c_void, len: usize);
+}
+
+/// Overwrites `buf` with zeros in a way the compiler does not remove
+/// (`OPENSSL_cleanse`): for key material that is about to be dropped.
+pub(crate) fn cleanse(buf: &mut [u8]) {
+    // SAFETY: `buf` is a valid, exclusively borrowed region of `buf.len()`
+    // bytes; OPENSSL_cleanse only writes inside it.
+    unsafe { OPENSSL_cleanse(buf.as_mut_ptr().cast::<c_void>(), buf.len()) };
 }
 
 /// Retransmission timer of one DTLS session: the first timeout and the cap

@@ -107,11 +107,14 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod client;
+mod compact;
 mod config;
 mod cookie;
 mod ffi;
+mod key_block;
 mod pipe;
 pub mod record;
+mod replay;
 mod server;
 mod socket;
 mod stats;

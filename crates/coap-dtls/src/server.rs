@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use openssl::ssl::{ErrorCode, Ssl, SslContext, SslStream};
 
+use crate::compact::{self, CompactSession, Received, RecordProtection};
 use crate::config::{ConfigError, ServerConfig};
 use crate::cookie::CookieSecrets;
 use crate::ffi::{self, TimeoutOutcome};
@@ -89,13 +90,16 @@ pub struct DtlsServer {
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
     read_buf: Vec<u8>,
+    /// Ciphers and the cipher context of compact sessions.
+    protection: RecordProtection,
+    /// Scratch list for what a compact session received.
+    received: Vec<Received>,
 }
 
 struct Session {
-    /// Use through `tls()`, which restores freed buffers first.
-    stream: SslStream<DatagramPipe>,
-    /// Whether `SSL_free_buffers` released the record buffers while idle.
-    buffers_released: bool,
+    /// OpenSSL's object: runs the handshake, and afterwards the record
+    /// layer unless the session was compacted (then `None`).
+    tls: Option<Tls>,
     state: SessionState,
     /// The ClientHello random that started the session: a cookie-verified
     /// ClientHello with the same random is a retransmission, another one is
@@ -105,11 +109,19 @@ struct Session {
     deadline: Instant,
 }
 
-impl Session {
+/// A session's OpenSSL stream over its in-memory BIO.
+struct Tls {
+    /// Use through `stream()`, which restores freed buffers first.
+    stream: SslStream<DatagramPipe>,
+    /// Whether `SSL_free_buffers` released the record buffers while idle.
+    buffers_released: bool,
+}
+
+impl Tls {
     /// The OpenSSL stream, with its record buffers allocated: OpenSSL's DTLS
     /// write path does not reallocate them by itself after
     /// `SSL_free_buffers`.
-    fn tls(&mut self) -> &mut SslStream<DatagramPipe> {
+    fn stream(&mut self) -> &mut SslStream<DatagramPipe> {
         if self.buffers_released {
             self.buffers_released = !ffi::alloc_buffers(&mut self.stream);
         }
@@ -117,7 +129,7 @@ impl Session {
     }
 
     /// The stream for calls that do not touch the record layer.
-    fn tls_ref(&self) -> &SslStream<DatagramPipe> {
+    fn stream_ref(&self) -> &SslStream<DatagramPipe> {
         &self.stream
     }
 
@@ -141,7 +153,16 @@ enum SessionState {
     },
     Established {
         identity: Bytes,
+        /// Set when the record layer was taken over from OpenSSL (and
+        /// `Session::tls` freed).
+        compact: Option<Box<CompactSession>>,
     },
+}
+
+impl SessionState {
+    fn is_established(&self) -> bool {
+        matches!(self, SessionState::Established { .. })
+    }
 }
 
 /// What happened to a session during one step.
@@ -168,6 +189,8 @@ impl DtlsServer {
             events: VecDeque::new(),
             stats: ServerStats::default(),
             read_buf: vec![0; MAX_PLAINTEXT + 2048],
+            protection: RecordProtection::new()?,
+            received: Vec::new(),
         })
     }
 
@@ -203,7 +226,10 @@ impl DtlsServer {
         let Some(session) = self.sessions.get_mut(&peer) else {
             return self.drop_datagram(DropReason::NoSession);
         };
-        if !session.pipe().push(datagram) {
+        let Some(tls) = &mut session.tls else {
+            return self.receive_compact(now, peer, datagram);
+        };
+        if !tls.pipe().push(datagram) {
             return self.drop_datagram(DropReason::SessionQueueFull);
         }
         let is_app_data = first_record.content_type == record::CONTENT_APPLICATION_DATA;
@@ -235,9 +261,9 @@ impl DtlsServer {
                 } => {
                     if now.saturating_duration_since(*started) >= self.config.handshake_timeout {
                         Step::Failed(HandshakeFailure::Timeout)
-                    } else {
+                    } else if let Some(tls) = &mut session.tls {
                         // Buffers are only released once established.
-                        match ffi::handle_retransmit_timeout(&mut session.stream) {
+                        match ffi::handle_retransmit_timeout(&mut tls.stream) {
                             TimeoutOutcome::NotExpired => Step::Continue,
                             TimeoutOutcome::Retransmitted => {
                                 *retransmissions += 1;
@@ -251,6 +277,8 @@ impl DtlsServer {
                             }
                             TimeoutOutcome::Failed => Step::Failed(HandshakeFailure::Timeout),
                         }
+                    } else {
+                        Step::Failed(HandshakeFailure::Timeout)
                     }
                 }
                 SessionState::Established { .. } => {
@@ -261,7 +289,9 @@ impl DtlsServer {
                     } else {
                         // A retransmission timer may still run right after
                         // the handshake.
-                        let _ = ffi::handle_retransmit_timeout(session.tls());
+                        if let Some(tls) = &mut session.tls {
+                            let _ = ffi::handle_retransmit_timeout(tls.stream());
+                        }
                         Step::Continue
                     }
                 }
@@ -294,14 +324,40 @@ impl DtlsServer {
             return Err(SendError::TooLarge(bytes.len()));
         }
         let session = self.sessions.get_mut(&peer).ok_or(SendError::NoSession)?;
-        if !matches!(session.state, SessionState::Established { .. }) {
+        let SessionState::Established { compact, .. } = &mut session.state else {
             return Err(SendError::NotEstablished);
+        };
+        if let Some(records) = compact {
+            // One datagram must stay within the MTU: no IP fragmentation.
+            if bytes.len() > records.max_plaintext() {
+                return Err(SendError::TooLarge(bytes.len()));
+            }
+            return match records.seal(
+                &mut self.protection,
+                record::CONTENT_APPLICATION_DATA,
+                bytes,
+            ) {
+                Ok(datagram) => {
+                    session.last_activity = now;
+                    self.push_transmit(peer, datagram);
+                    self.rearm(now, peer);
+                    Ok(())
+                }
+                Err(error) => {
+                    let reason = CloseReason::Error(error.to_string());
+                    self.finish_step(now, peer, Step::Closed(reason));
+                    Err(SendError::SessionFailed(error.to_string()))
+                }
+            };
         }
+        let Some(tls) = &mut session.tls else {
+            return Err(SendError::NotEstablished);
+        };
         // One datagram must stay within the MTU: no IP fragmentation.
-        if ffi::data_mtu(session.tls_ref()).is_some_and(|max| bytes.len() > max) {
+        if ffi::data_mtu(tls.stream_ref()).is_some_and(|max| bytes.len() > max) {
             return Err(SendError::TooLarge(bytes.len()));
         }
-        match session.tls().ssl_write(bytes) {
+        match tls.stream().ssl_write(bytes) {
             Ok(_) => {
                 session.last_activity = now;
                 self.flush_outgoing(peer);
@@ -323,7 +379,16 @@ impl DtlsServer {
         let Some(session) = self.sessions.get_mut(&peer) else {
             return false;
         };
-        let _ = session.tls().shutdown();
+        if let Some(tls) = &mut session.tls {
+            let _ = tls.stream().shutdown();
+        } else if let SessionState::Established {
+            compact: Some(records),
+            ..
+        } = &mut session.state
+            && let Ok(alert) = records.close_notify(&mut self.protection)
+        {
+            self.push_transmit(peer, alert);
+        }
         self.finish_step(now, peer, Step::Closed(CloseReason::LocalClose));
         true
     }
@@ -340,7 +405,7 @@ impl DtlsServer {
     /// The authenticated identity of the established session with `peer`.
     pub fn identity(&self, peer: SocketAddr) -> Option<&Bytes> {
         match &self.sessions.get(&peer)?.state {
-            SessionState::Established { identity } => Some(identity),
+            SessionState::Established { identity, .. } => Some(identity),
             SessionState::Handshaking { .. } => None,
         }
     }
@@ -350,9 +415,16 @@ impl DtlsServer {
     /// negotiated cipher suite (1203 bytes for CCM_8 at the default MTU).
     pub fn max_plaintext(&self, peer: SocketAddr) -> Option<usize> {
         let session = self.sessions.get(&peer)?;
-        match session.state {
-            SessionState::Established { .. } => ffi::data_mtu(session.tls_ref()),
-            SessionState::Handshaking { .. } => None,
+        match (&session.state, &session.tls) {
+            (
+                SessionState::Established {
+                    compact: Some(records),
+                    ..
+                },
+                _,
+            ) => Some(records.max_plaintext()),
+            (SessionState::Established { .. }, Some(tls)) => ffi::data_mtu(tls.stream_ref()),
+            _ => None,
         }
     }
 
@@ -360,13 +432,20 @@ impl DtlsServer {
     /// session with `peer`.
     pub fn cipher_suite(&self, peer: SocketAddr) -> Option<&'static str> {
         let session = self.sessions.get(&peer)?;
-        match session.state {
-            SessionState::Established { .. } => session
-                .stream
+        match (&session.state, &session.tls) {
+            (
+                SessionState::Established {
+                    compact: Some(records),
+                    ..
+                },
+                _,
+            ) => Some(records.cipher_name()),
+            (SessionState::Established { .. }, Some(tls)) => tls
+                .stream_ref()
                 .ssl()
                 .current_cipher()
                 .map(|cipher| cipher.name()),
-            SessionState::Handshaking { .. } => None,
+            _ => None,
         }
     }
 
@@ -397,7 +476,10 @@ impl DtlsServer {
                 // The same ClientHello again: a retransmission for the
                 // running handshake (OpenSSL ignores it if it is stale).
                 if matches!(existing.state, SessionState::Handshaking { .. })
-                    && existing.pipe().push(datagram)
+                    && existing
+                        .tls
+                        .as_mut()
+                        .is_some_and(|tls| tls.pipe().push(datagram))
                 {
                     return self.drive(now, peer, false);
                 }
@@ -427,8 +509,10 @@ impl DtlsServer {
         self.sessions.insert(
             peer,
             Session {
-                stream,
-                buffers_released: false,
+                tls: Some(Tls {
+                    stream,
+                    buffers_released: false,
+                }),
                 state: SessionState::Handshaking {
                     started: now,
                     retransmissions: 0,
@@ -480,20 +564,26 @@ impl DtlsServer {
         let Some(session) = self.sessions.get_mut(&peer) else {
             return;
         };
+        let Some(tls) = &mut session.tls else {
+            return;
+        };
         let mut step = Step::Continue;
+        let mut finished_now = false;
         if let SessionState::Handshaking { .. } = session.state {
-            match session.tls().accept() {
+            match tls.stream().accept() {
                 Ok(()) => {
-                    let identity = session
-                        .tls_ref()
+                    let identity = tls
+                        .stream_ref()
                         .ssl()
                         .psk_identity()
                         .map(Bytes::copy_from_slice)
                         .unwrap_or_default();
                     session.state = SessionState::Established {
                         identity: identity.clone(),
+                        compact: None,
                     };
                     session.last_activity = now;
+                    finished_now = true;
                     self.handshaking = self.handshaking.saturating_sub(1);
                     self.stats.handshakes_completed += 1;
                     self.events
@@ -503,11 +593,13 @@ impl DtlsServer {
                 Err(error) => step = Step::Failed(HandshakeFailure::classify(&error)),
             }
         }
-        if let (Step::Continue, SessionState::Established { identity }) = (&step, &session.state) {
+        if let (Step::Continue, SessionState::Established { identity, .. }) =
+            (&step, &session.state)
+        {
             let identity = identity.clone();
             let mut delivered = false;
             loop {
-                match session.tls().ssl_read(&mut self.read_buf) {
+                match tls.stream().ssl_read(&mut self.read_buf) {
                     Ok(n) => {
                         let bytes = Bytes::copy_from_slice(self.read_buf.get(..n).unwrap_or(&[]));
                         delivered = true;
@@ -536,6 +628,99 @@ impl DtlsServer {
                 self.stats.dropped.count(DropReason::Undecryptable);
             }
         }
+        if finished_now && matches!(step, Step::Continue) && self.config.compact_sessions {
+            self.compact(peer);
+        }
+        self.finish_step(now, peer, step);
+    }
+
+    /// Takes the record layer of a session whose handshake just finished
+    /// away from OpenSSL and frees its `SSL` object, if the suite is one
+    /// [`CompactSession`] serves; otherwise the session stays on OpenSSL.
+    fn compact(&mut self, peer: SocketAddr) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let (Some(tls), SessionState::Established { compact, .. }) =
+            (&mut session.tls, &mut session.state)
+        else {
+            return;
+        };
+        // What OpenSSL wrote in the call that finished the handshake is
+        // our last flight (ChangeCipherSpec + Finished).
+        let flight: Vec<Bytes> = tls
+            .pipe()
+            .outgoing
+            .iter()
+            .map(|datagram| Bytes::copy_from_slice(datagram))
+            .collect();
+        let Some(records) = CompactSession::from_finished_server(
+            tls.stream_ref().ssl(),
+            flight,
+            self.config.mtu,
+            self.config.retransmission.max_retransmissions,
+            &self.protection,
+        ) else {
+            return;
+        };
+        // Send the flight before OpenSSL's object (and its BIO) goes.
+        let outgoing = std::mem::take(&mut tls.pipe().outgoing);
+        *compact = Some(Box::new(records));
+        session.tls = None;
+        self.stats.sessions_compacted += 1;
+        for datagram in outgoing {
+            self.push_transmit(peer, datagram);
+        }
+    }
+
+    /// Reads a datagram for a compact session.
+    fn receive_compact(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let SessionState::Established {
+            identity,
+            compact: Some(records),
+        } = &mut session.state
+        else {
+            return;
+        };
+        let mut received = std::mem::take(&mut self.received);
+        records.receive(
+            &mut self.protection,
+            datagram,
+            &mut self.read_buf,
+            &mut received,
+        );
+        let mut step = Step::Continue;
+        for outcome in received.drain(..) {
+            match outcome {
+                Received::Data(bytes) => {
+                    session.last_activity = now;
+                    self.stats.data_in += 1;
+                    self.events.push_back(ServerEvent::Data {
+                        peer,
+                        identity: identity.clone(),
+                        bytes,
+                    });
+                }
+                Received::CloseNotify => step = Step::Closed(CloseReason::CloseNotify),
+                Received::FatalAlert(description) => {
+                    step = Step::Closed(CloseReason::Alert(format!(
+                        "fatal alert {} ({description})",
+                        compact::alert_name(description)
+                    )));
+                }
+                Received::ResendFlight(datagrams) => {
+                    self.stats.retransmissions += 1;
+                    for bytes in datagrams {
+                        enqueue_transmit(&mut self.transmits, &mut self.stats, peer, bytes);
+                    }
+                }
+                Received::Dropped(reason) => self.stats.dropped.count(reason),
+            }
+        }
+        self.received = received;
         self.finish_step(now, peer, step);
     }
 
@@ -573,7 +758,7 @@ impl DtlsServer {
                         .count(HandshakeFailure::Aborted);
                 }
             }
-            SessionState::Established { identity } => {
+            SessionState::Established { identity, .. } => {
                 self.stats.sessions_closed += 1;
                 self.events.push_back(ServerEvent::SessionClosed {
                     peer,
@@ -588,10 +773,13 @@ impl DtlsServer {
         let Some(session) = self.sessions.get_mut(&peer) else {
             return;
         };
-        let outgoing = std::mem::take(&mut session.pipe().outgoing);
-        session.pipe().shrink();
-        if matches!(session.state, SessionState::Established { .. }) {
-            session.release_buffers();
+        let Some(tls) = &mut session.tls else {
+            return;
+        };
+        let outgoing = std::mem::take(&mut tls.pipe().outgoing);
+        tls.pipe().shrink();
+        if session.state.is_established() {
+            tls.release_buffers();
         }
         for datagram in outgoing {
             self.push_transmit(peer, datagram);
@@ -599,12 +787,12 @@ impl DtlsServer {
     }
 
     fn push_transmit(&mut self, peer: SocketAddr, datagram: Vec<u8>) {
-        self.stats.datagrams_out += 1;
-        self.stats.bytes_out += datagram.len() as u64;
-        self.transmits.push_back(Transmit {
+        enqueue_transmit(
+            &mut self.transmits,
+            &mut self.stats,
             peer,
-            bytes: Bytes::from(datagram),
-        });
+            Bytes::from(datagram),
+        );
     }
 
     /// Recomputes the session's next deadline.
@@ -616,7 +804,11 @@ impl DtlsServer {
             SessionState::Handshaking { started, .. } => started + self.config.handshake_timeout,
             SessionState::Established { .. } => session.last_activity + self.config.idle_timeout,
         };
-        if let Some(left) = ffi::retransmit_timeout(session.tls_ref()) {
+        if let Some(left) = session
+            .tls
+            .as_ref()
+            .and_then(|tls| ffi::retransmit_timeout(tls.stream_ref()))
+        {
             deadline = deadline.min(now + left);
         }
         if deadline != session.deadline || !self.timers.contains(&(deadline, peer)) {
@@ -625,6 +817,17 @@ impl DtlsServer {
             self.timers.insert((deadline, peer));
         }
     }
+}
+
+fn enqueue_transmit(
+    transmits: &mut VecDeque<Transmit>,
+    stats: &mut ServerStats,
+    peer: SocketAddr,
+    bytes: Bytes,
+) {
+    stats.datagrams_out += 1;
+    stats.bytes_out += bytes.len() as u64;
+    transmits.push_back(Transmit { peer, bytes });
 }
 
 pub(crate) fn is_would_block(error: &openssl::ssl::Error) -> bool {

@@ -18,6 +18,9 @@ pub struct ServerStats {
     pub hello_verify_requests_sent: u64,
     /// Handshake flights retransmitted on timer expiry.
     pub retransmissions: u64,
+    /// Established sessions whose record layer moved from OpenSSL to a
+    /// compact session (see the crate docs).
+    pub sessions_compacted: u64,
     /// Established sessions that ended (any reason).
     pub sessions_closed: u64,
     /// Established sessions evicted for idleness.
@@ -126,6 +129,16 @@ pub enum DropReason {
     SessionQueueFull,
     /// The application's receive queue (tokio driver) was full.
     ReceiveQueueFull,
+    /// A record of an established compact session that repeats one already
+    /// received or lies left of the replay window (RFC 6347 §4.1.2.6).
+    Replayed,
+    /// A record of an established compact session from an epoch other
+    /// than the current one (e.g. a late epoch-0 handshake retransmission).
+    OtherEpoch,
+    /// An authenticated record an established compact session does not
+    /// take: a handshake message after the handshake (renegotiation is
+    /// refused), change_cipher_spec or heartbeat.
+    UnexpectedRecord,
 }
 
 /// Dropped datagrams by reason.
@@ -150,6 +163,12 @@ pub struct DroppedDatagrams {
     pub session_queue_full: u64,
     /// See [`DropReason::ReceiveQueueFull`].
     pub receive_queue_full: u64,
+    /// See [`DropReason::Replayed`].
+    pub replayed: u64,
+    /// See [`DropReason::OtherEpoch`].
+    pub other_epoch: u64,
+    /// See [`DropReason::UnexpectedRecord`].
+    pub unexpected_record: u64,
 }
 
 impl DroppedDatagrams {
@@ -164,6 +183,9 @@ impl DroppedDatagrams {
             DropReason::StaleClientHello => self.stale_client_hello += 1,
             DropReason::SessionQueueFull => self.session_queue_full += 1,
             DropReason::ReceiveQueueFull => self.receive_queue_full += 1,
+            DropReason::Replayed => self.replayed += 1,
+            DropReason::OtherEpoch => self.other_epoch += 1,
+            DropReason::UnexpectedRecord => self.unexpected_record += 1,
         }
     }
 }

@@ -220,6 +220,8 @@ async fn get_and_post(binary: &'static str) {
     let stats = socket.stats();
     assert_eq!(stats.handshakes_completed, 2, "{stats:?}");
     assert!(stats.hello_verify_requests_sent >= 2, "{stats:?}");
+    // Both sessions ran on the compact record layer after the handshake.
+    assert_eq!(stats.sessions_compacted, 2, "{stats:?}");
     println!("{binary}: {stats:?}");
 }
 
@@ -251,6 +253,7 @@ async fn observe_200(binary: &'static str) {
     );
     let stats = socket.stats();
     assert_eq!(stats.handshakes_completed, 1, "{stats:?}");
+    assert_eq!(stats.sessions_compacted, 1, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
