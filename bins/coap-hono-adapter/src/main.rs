@@ -117,6 +117,9 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     );
     let mut endpoint_config = EndpointConfig::default();
     endpoint_config.default_ack_timeout = AckTimeout::from_millis(config.timeout_to_ack.0);
+    // Block-wise bodies beyond the payload limit are refused (4.13) while
+    // they arrive instead of being reassembled first.
+    endpoint_config.max_body_size = config.max_payload_size.as_usize().max(1);
 
     // Listeners. Bind everything before serving, so a port in use ends the
     // process before it announces anything as ready.
