@@ -54,6 +54,7 @@ pub mod auth;
 pub mod broker;
 pub mod gateway;
 pub mod mountpoint;
+pub mod psk_file;
 pub mod redact;
 pub mod topic;
 pub mod trie;

@@ -269,6 +269,11 @@ impl Reply {
     }
 }
 
+/// The answer to an observe cancellation (GET + Observe 1), as EMQX sends
+/// it. Not a code registered by RFC 7252; clients treat it as a 2.xx
+/// success.
+pub const UNSUBSCRIBED: Code = Code::new(2, 7);
+
 /// Notifications queued for an observer whose relation is not established
 /// yet (wildcard retained messages arrive right after the subscribe).
 const EARLY_DELIVERIES: usize = 32;
@@ -1101,7 +1106,7 @@ impl Gateway {
         for subscriber in ended {
             self.release(subscriber, Ending::Silent).await;
         }
-        Ok(Reply::code(Code::VALID))
+        Ok(Reply::code(UNSUBSCRIBED))
     }
 
     async fn read(

@@ -1,0 +1,206 @@
+//! The command line and the typed configuration (flags > `COAP_EMQX_*`
+//! environment > TOML file > defaults).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gateway_kit::{ByteSize, HumanDuration, LogFormat, OpsArgs, Redact};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables (`COAP_EMQX_BROKER`, ...).
+pub(crate) const ENV_PREFIX: &str = "COAP_EMQX";
+
+/// Every knob, with its default; what `--print-config` prints.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Plain-UDP CoAP listener.
+    pub(crate) udp: SocketAddr,
+    /// DTLS-PSK listener; off unless set.
+    pub(crate) dtls: Option<SocketAddr>,
+    /// `identity:secret` lines for DTLS.
+    pub(crate) psk_file: Option<PathBuf>,
+    /// `embedded`, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub(crate) broker: String,
+    /// `shared` or `per-client`.
+    pub(crate) mqtt_session: String,
+    /// `5` or `3.1.1`.
+    pub(crate) mqtt_version: String,
+    /// Username of the shared MQTT connections.
+    pub(crate) mqtt_username: Option<String>,
+    /// Password of the shared MQTT connections.
+    pub(crate) mqtt_password: Option<Redact<String>>,
+    /// Connection mode.
+    pub(crate) connection_required: bool,
+    /// Heartbeat interval of connection-mode sessions.
+    pub(crate) heartbeat: HumanDuration,
+    /// `qos`, `con` or `non`.
+    pub(crate) notify_type: String,
+    /// `coap`, `qos0`, `qos1` or `qos2`.
+    pub(crate) publish_qos: String,
+    /// `coap`, `qos0`, `qos1` or `qos2`.
+    pub(crate) subscribe_qos: String,
+    /// Topic prefix with `${clientid}` / `${username}`.
+    pub(crate) mountpoint: String,
+    /// Authentication and ACL file (TOML).
+    pub(crate) auth_file: Option<PathBuf>,
+    /// Block size of block-wise transfers.
+    pub(crate) max_block_size: ByteSize,
+    /// Largest request body (Block1 reassembled) and publish payload.
+    pub(crate) max_body_size: ByteSize,
+    /// Idle lifetime of connectionless observers; none = unlimited.
+    pub(crate) observe_idle_lifetime: Option<HumanDuration>,
+    /// Node name for `$SYS/brokers/<node>/gateway/coap/clients/...` events.
+    pub(crate) presence_node: Option<String>,
+    /// How long in-flight requests may take after SIGINT/SIGTERM.
+    pub(crate) shutdown_grace: HumanDuration,
+    /// Metrics/health HTTP server; off unless set.
+    pub(crate) http: Option<SocketAddr>,
+    /// Log level or filter.
+    pub(crate) log: Option<String>,
+    /// Log line format.
+    pub(crate) log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            udp: ([0, 0, 0, 0], 5683).into(),
+            dtls: None,
+            psk_file: None,
+            broker: "embedded".to_owned(),
+            mqtt_session: "shared".to_owned(),
+            mqtt_version: "5".to_owned(),
+            mqtt_username: None,
+            mqtt_password: None,
+            connection_required: false,
+            heartbeat: HumanDuration(Duration::from_secs(30)),
+            notify_type: "qos".to_owned(),
+            publish_qos: "coap".to_owned(),
+            subscribe_qos: "coap".to_owned(),
+            mountpoint: String::new(),
+            auth_file: None,
+            max_block_size: ByteSize(1024),
+            max_body_size: ByteSize(4 * 1024 * 1024),
+            observe_idle_lifetime: None,
+            presence_node: None,
+            shutdown_grace: HumanDuration(Duration::from_secs(5)),
+            http: None,
+            log: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// EMQX-compatible CoAP pub/sub gateway: devices publish with
+/// `POST ps/{topic}` and subscribe with `GET ps/{topic}` + Observe; the
+/// `mqtt/connection` resource gives connection-mode sessions. Broker:
+/// embedded (default) or an external MQTT broker.
+///
+/// Every flag can also be set as COAP_EMQX_<FLAG> (e.g. COAP_EMQX_BROKER)
+/// or in the TOML file given with --config (keys as the flags, with `_`).
+#[derive(Debug, clap::Parser, Serialize)]
+#[command(name = "coap-emqx-gateway", version)]
+pub(crate) struct Cli {
+    /// Plain-UDP CoAP listener [default: 0.0.0.0:5683]; port 0 picks one.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) udp: Option<SocketAddr>,
+    /// DTLS-PSK (coaps) listener, e.g. 0.0.0.0:5684; needs --psk-file.
+    /// Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) dtls: Option<SocketAddr>,
+    /// DTLS keys: one `identity:secret` per line, `#` comments; write
+    /// `identity:hex:0a1b...` for a binary key. The identity is the
+    /// clientid of requests that give none.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) psk_file: Option<PathBuf>,
+    /// Broker: `embedded` (in-process), `mqtt://HOST:PORT` or
+    /// `mqtts://HOST:PORT` [default: embedded].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) broker: Option<String>,
+    /// MQTT session model: `shared` (a small pool of gateway connections)
+    /// or `per-client` (one MQTT connection per CoAP clientid, with its
+    /// username/password) [default: shared].
+    #[arg(long, value_name = "MODEL", value_parser = ["shared", "per-client"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mqtt_session: Option<String>,
+    /// MQTT protocol version: `5` or `3.1.1` [default: 5].
+    #[arg(long, value_name = "VERSION", value_parser = ["5", "3.1.1"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mqtt_version: Option<String>,
+    /// Connection mode: devices POST mqtt/connection first and send
+    /// clientid + token with every request.
+    #[arg(long)]
+    pub(crate) connection_required: bool,
+    /// Heartbeat interval; a connection-mode session without a request for
+    /// 1.5 × this expires [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) heartbeat: Option<HumanDuration>,
+    /// Notification type: `qos` (QoS 0 → NON, QoS ≥ 1 → CON), `con` or
+    /// `non` [default: qos].
+    #[arg(long, value_name = "TYPE", value_parser = ["qos", "con", "non"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) notify_type: Option<String>,
+    /// Publish QoS when the request has no `qos`: `coap` (CON → 1,
+    /// NON → 0), `qos0`, `qos1`, `qos2` [default: coap].
+    #[arg(long, value_name = "POLICY", value_parser = ["coap", "qos0", "qos1", "qos2"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) publish_qos: Option<String>,
+    /// Subscription QoS when the observe has no `qos` (same values)
+    /// [default: coap].
+    #[arg(long, value_name = "POLICY", value_parser = ["coap", "qos0", "qos1", "qos2"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) subscribe_qos: Option<String>,
+    /// Topic prefix for publish and subscribe, with `${clientid}` and
+    /// `${username}` placeholders, e.g. `devices/${clientid}/`.
+    #[arg(long, value_name = "STR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mountpoint: Option<String>,
+    /// Users (argon2/bcrypt hashes) and ACL rules, TOML. Without it
+    /// requests are anonymous.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_file: Option<PathBuf>,
+    /// Block size for block-wise responses and notifications, 16..1024
+    /// [default: 1024].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_block_size: Option<ByteSize>,
+    /// Largest request body; larger gets 4.13 [default: 4MiB].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_body_size: Option<ByteSize>,
+    /// Operations flags.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub(crate) ops: OpsArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_file_values() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.udp, SocketAddr::from(([0, 0, 0, 0], 5683)));
+        assert_eq!(config.broker, "embedded");
+        assert_eq!(config.heartbeat.get(), Duration::from_secs(30));
+        assert_eq!(config.max_body_size.bytes(), 4 * 1024 * 1024);
+        let config: Config = toml::from_str(
+            "heartbeat = \"1s\"\nconnection_required = true\nmax_body_size = \"1KiB\"\nmqtt_password = \"pw\"",
+        )
+        .unwrap();
+        assert_eq!(config.heartbeat.get(), Duration::from_secs(1));
+        assert!(config.connection_required);
+        assert_eq!(config.max_body_size.bytes(), 1024);
+        assert_eq!(config.mqtt_password.unwrap().expose(), "pw");
+        assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+}
