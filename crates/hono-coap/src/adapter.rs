@@ -46,6 +46,9 @@ pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Max-Age of a 5.03 response, seconds (the client may retry after it).
 pub const SERVICE_UNAVAILABLE_MAX_AGE: u32 = 2;
 
+/// Longest Location-Path segment or Location-Query value (RFC 7252 §5.10).
+const MAX_LOCATION_OPTION_LEN: usize = 255;
+
 /// Most devices a gateway's own command wait subscribes for (the devices
 /// that last sent through it).
 pub const MAX_GATEWAY_DEVICE_SUBSCRIPTIONS: usize = 256;
@@ -656,19 +659,7 @@ impl HonoAdapter {
                 return response(Code::CHANGED);
             }
         };
-        let mut answer = response(Code::CHANGED)
-            .with_option(
-                OptionNumber::LOCATION_QUERY,
-                format!("hono-command={}", command.name),
-            )
-            .with_payload(command.payload.clone());
-        if let Some(format) = command
-            .content_type
-            .as_deref()
-            .and_then(ContentFormat::from_media_type)
-        {
-            answer = answer.with_content_format(format);
-        }
+        let query = format!("hono-command={}", command.name);
         let mut path: Vec<String> = Vec::with_capacity(4);
         let endpoint = match (&request_id, long_names) {
             (None, false) => "c",
@@ -690,6 +681,33 @@ impl HonoAdapter {
         }
         if let Some(id) = request_id {
             path.push(id);
+        }
+        // Location-Path and Location-Query values are at most 255 bytes
+        // (RFC 7252 §5.10): a command that cannot be expressed is refused
+        // with 400 rather than sent as a response that cannot be encoded.
+        if query.len() > MAX_LOCATION_OPTION_LEN
+            || path.iter().any(|s| s.len() > MAX_LOCATION_OPTION_LEN)
+        {
+            tracing::warn!(
+                name_len = command.name.len(),
+                "command name or ids too long for CoAP"
+            );
+            if let Some(rejection) = CommandResponse::rejecting(&command, 400, SystemTime::now()) {
+                if let Err(error) = self.downstream.send_command_response(rejection).await {
+                    tracing::debug!(%error, "command rejection failed");
+                }
+            }
+            return response(Code::CHANGED);
+        }
+        let mut answer = response(Code::CHANGED)
+            .with_option(OptionNumber::LOCATION_QUERY, query)
+            .with_payload(command.payload.clone());
+        if let Some(format) = command
+            .content_type
+            .as_deref()
+            .and_then(ContentFormat::from_media_type)
+        {
+            answer = answer.with_content_format(format);
         }
         for segment in path {
             answer.add_option(OptionNumber::LOCATION_PATH, segment);

@@ -956,3 +956,65 @@ async fn observer_sees_codes_and_forwards() {
     adapter.handle(None, &post("/t", "x"), &|_| {}).await;
     assert_eq!(*seen.0.lock().unwrap(), vec!["telemetry", "2.04", "4.01"]);
 }
+
+#[tokio::test]
+async fn command_names_too_long_for_coap_are_refused_with_400() {
+    let f = fixture();
+    let _telemetry = f.downstream.consume_telemetry(T);
+    let mut responses = f.downstream.consume_command_responses("app");
+    let waiting = start_waiting(&f, SENSOR, post("/t?hono-ttd=5", "x"), T, "4711").await;
+    let long_name = "n".repeat(250);
+    f.downstream
+        .send_command(Command::one_way(T, "4711", long_name, "").with_reply("k", "app"))
+        .unwrap();
+    let answer = waiting.await.unwrap();
+    assert_eq!(answer.code, Code::CHANGED);
+    assert!(location_query(&answer).is_empty());
+    assert!(location_path(&answer).is_empty());
+    assert!(answer.to_bytes().is_ok());
+    let refused = responses.recv().await.unwrap();
+    assert_eq!(
+        (refused.status, refused.correlation_id.as_str()),
+        (400, "k")
+    );
+    // 242 bytes of name + "hono-command=" is exactly 255: delivered
+    let waiting = start_waiting(&f, SENSOR, post("/t?hono-ttd=5", "x"), T, "4711").await;
+    f.downstream
+        .send_command(Command::one_way(T, "4711", "n".repeat(242), ""))
+        .unwrap();
+    let answer = waiting.await.unwrap();
+    assert_eq!(location_query(&answer)[0].len(), 255);
+    assert!(answer.to_bytes().is_ok());
+}
+
+#[tokio::test]
+async fn odd_paths() {
+    let f = fixture();
+    let _t = f.downstream.consume_telemetry(T);
+    // non-UTF-8 segment
+    let mut m = post("/t", "x");
+    m.remove_option(OptionNumber::URI_PATH);
+    m.add_option(OptionNumber::URI_PATH, "t");
+    m.add_option(OptionNumber::URI_PATH, vec![0xff, 0xfe]);
+    m.add_option(OptionNumber::URI_PATH, "4711");
+    assert_eq!(
+        f.code(None, &m.clone().with_payload("x")).await,
+        Code::NOT_FOUND
+    );
+    // POST /cr without a request id
+    assert_eq!(
+        f.code(SENSOR, &post("/cr?hono-cmd-status=200", "")).await,
+        Code::BAD_REQUEST
+    );
+    // names are case-sensitive
+    assert_eq!(f.code(SENSOR, &post("/T", "x")).await, Code::NOT_FOUND);
+    assert_eq!(
+        f.code(SENSOR, &post("/Telemetry", "x")).await,
+        Code::NOT_FOUND
+    );
+    // a malformed PSK identity
+    assert_eq!(
+        f.code(Some("no-separator"), &post("/t", "x")).await,
+        Code::UNAUTHORIZED
+    );
+}
