@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p coap-dtls --example loopback_bench -- ours
+//! cargo run --release -p coap-dtls --example loopback_bench -- ours-openssl
 //! cargo run --release -p coap-dtls --example loopback_bench -- libcoap
 //! ```
 #![allow(
@@ -39,16 +40,17 @@ async fn main() {
         .unwrap_or(20_000);
 
     let (addr, _server, _child) = match target.as_str() {
-        "ours" => {
+        "ours" | "ours-openssl" => {
             let mut keys = HashMap::new();
             keys.insert(IDENTITY.to_vec(), KEY.to_vec());
+            let mut config = ServerConfig::new(Arc::new(keys));
+            // `ours-openssl`: established sessions stay on OpenSSL's record
+            // layer (no compact sessions), for comparison.
+            config.compact_sessions = target == "ours";
             let socket = Arc::new(
-                DtlsSocket::bind(
-                    "127.0.0.1:0".parse().unwrap(),
-                    ServerConfig::new(Arc::new(keys)),
-                )
-                .await
-                .unwrap(),
+                DtlsSocket::bind("127.0.0.1:0".parse().unwrap(), config)
+                    .await
+                    .unwrap(),
             );
             let echo = Arc::clone(&socket);
             tokio::spawn(async move {
@@ -81,7 +83,7 @@ async fn main() {
             let addr: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
             (addr, None, Some(KillOnDrop(child)))
         }
-        other => panic!("unknown target {other}: use ours or libcoap"),
+        other => panic!("unknown target {other}: use ours, ours-openssl or libcoap"),
     };
 
     let connector = DtlsConnector::new(ClientConfig::new(IDENTITY, KEY)).unwrap();

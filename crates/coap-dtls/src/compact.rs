@@ -341,11 +341,18 @@ impl CompactSession {
     }
 }
 
-/// The AEAD ciphers, fetched once per server, and one reusable cipher
-/// context: every record is sealed or opened by re-keying it, so no
-/// per-session OpenSSL state exists.
+/// The AEAD ciphers, fetched once per server, and two reusable cipher
+/// contexts (one encrypting, one decrypting): every record is sealed or
+/// opened by re-keying one of them, so no per-session OpenSSL state exists.
+/// A context is set up for a cipher (nonce and tag length) only when the
+/// suite changes from the previous record's; re-keying alone is cheap.
 pub(crate) struct RecordProtection {
-    ctx: CipherCtx,
+    sealer: CipherCtx,
+    /// The suite `sealer` is set up for; `None` after any failure.
+    sealer_suite: Option<AeadSuite>,
+    opener: CipherCtx,
+    /// The suite `opener` is set up for; `None` after any failure.
+    opener_suite: Option<AeadSuite>,
     ciphers: Ciphers,
 }
 
@@ -375,7 +382,10 @@ impl RecordProtection {
     pub(crate) fn new() -> Result<Self, ErrorStack> {
         let fetch = |name: &str| Cipher::fetch(None, name, None).ok();
         Ok(RecordProtection {
-            ctx: CipherCtx::new()?,
+            sealer: CipherCtx::new()?,
+            sealer_suite: None,
+            opener: CipherCtx::new()?,
+            opener_suite: None,
             ciphers: Ciphers {
                 aes_128_ccm: fetch("AES-128-CCM"),
                 aes_256_ccm: fetch("AES-256-CCM"),
@@ -406,12 +416,14 @@ impl RecordProtection {
         let explicit = seq_num.to_be_bytes();
         let nonce = nonce(suite, iv, explicit);
         let aad = additional_data(seq_num, content_type, DTLS_1_2, plaintext.len())?;
-        let ctx = &mut self.ctx;
-        ctx.encrypt_init(Some(cipher), None, None)?;
-        ctx.set_iv_length(NONCE_LEN)?;
+        let ctx = &mut self.sealer;
         let ccm = matches!(suite, AeadSuite::AesCcm { .. });
-        if ccm {
-            ctx.set_tag_length(suite.tag_len())?;
+        if self.sealer_suite.take() != Some(suite) {
+            ctx.encrypt_init(Some(cipher), None, None)?;
+            ctx.set_iv_length(NONCE_LEN)?;
+            if ccm {
+                ctx.set_tag_length(suite.tag_len())?;
+            }
         }
         ctx.encrypt_init(None, Some(key), Some(&nonce))?;
         if ccm {
@@ -437,6 +449,7 @@ impl RecordProtection {
             .ok_or_else(ErrorStack::get)?;
         ctx.tag(tag)?;
         out.extend_from_slice(tag);
+        self.sealer_suite = Some(suite);
         Ok(())
     }
 
@@ -470,13 +483,17 @@ impl RecordProtection {
         let aad = additional_data(seq_num, content_type, version, ciphertext_len).ok()?;
         let dst = out.get_mut(..ciphertext_len)?;
         let cipher = self.ciphers.get(suite)?;
-        let ctx = &mut self.ctx;
+        let ctx = &mut self.opener;
         let ccm = matches!(suite, AeadSuite::AesCcm { .. });
+        let set_up = self.opener_suite.take() == Some(suite);
         let result = (|| -> Result<bool, ErrorStack> {
-            ctx.decrypt_init(Some(cipher), None, None)?;
-            ctx.set_iv_length(NONCE_LEN)?;
+            if !set_up {
+                ctx.decrypt_init(Some(cipher), None, None)?;
+                ctx.set_iv_length(NONCE_LEN)?;
+            }
             if ccm {
-                // CCM checks the tag inside the update call, so it comes first.
+                // CCM checks the tag inside the update call, so it comes
+                // first (before the key, as OpenSSL's CCM wants it).
                 ctx.set_tag(tag)?;
             }
             ctx.decrypt_init(None, Some(key), Some(&nonce))?;
@@ -495,7 +512,10 @@ impl RecordProtection {
             Ok(written == ciphertext_len)
         })();
         match result {
-            Ok(true) => Some(ciphertext_len),
+            Ok(true) => {
+                self.opener_suite = Some(suite);
+                Some(ciphertext_len)
+            }
             _ => {
                 // A failed authentication leaves OpenSSL errors queued and
                 // possibly unauthenticated plaintext in `dst`: clear both.
