@@ -692,10 +692,12 @@ impl HonoAdapter {
                 name_len = command.name.len(),
                 "command name or ids too long for CoAP"
             );
-            if let Some(rejection) = CommandResponse::rejecting(&command, 400, SystemTime::now()) {
-                if let Err(error) = self.downstream.send_command_response(rejection).await {
-                    tracing::debug!(%error, "command rejection failed");
-                }
+            let rejection = CommandResponse::rejecting(&command, 400, SystemTime::now());
+            if let Some(Err(error)) = match rejection {
+                Some(r) => Some(self.downstream.send_command_response(r).await),
+                None => None,
+            } {
+                tracing::debug!(%error, "command rejection failed");
             }
             return response(Code::CHANGED);
         }
