@@ -69,7 +69,8 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     let settings = gateway_settings(&config)?;
     let auth = match &config.auth_file {
         Some(path) => {
-            let auth = AuthFile::load(path).map_err(flat)?;
+            let auth =
+                AuthFile::load(path).map_err(|e| anyhow::anyhow!("authentication file {e}"))?;
             tracing::info!(path = %path.display(), users = auth.user_count(), "authentication file loaded");
             Some(Arc::new(auth))
         }
