@@ -32,6 +32,7 @@ use openssl::cipher_ctx::CipherCtx;
 use openssl::error::ErrorStack;
 use openssl::ssl::SslRef;
 
+use crate::ffi;
 use crate::key_block::{AeadSuite, MAX_IV_LEN, RecordKeys};
 use crate::record::{
     self, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, DTLS_1_2, RECORD_HEADER_LEN,
@@ -154,7 +155,12 @@ impl CompactSession {
         }
         let (epoch, last_seq) = newest?;
         let overhead = RECORD_HEADER_LEN + suite.expansion();
-        let max_plaintext = usize::from(mtu).saturating_sub(overhead).min(MAX_PLAINTEXT);
+        // A peer that negotiated max_fragment_length (RFC 6066 §4) gets no
+        // larger records from us.
+        let max_plaintext = usize::from(mtu)
+            .saturating_sub(overhead)
+            .min(MAX_PLAINTEXT)
+            .min(ffi::max_fragment_length(ssl).unwrap_or(MAX_PLAINTEXT));
         Some(CompactSession {
             suite,
             keys,
@@ -632,6 +638,10 @@ mod tests {
 
     /// A full OpenSSL client/server handshake over in-memory pipes.
     fn handshake(suite: &str) -> Pair {
+        handshake_with(suite, |_| {})
+    }
+
+    fn handshake_with(suite: &str, client_setup: impl FnOnce(&mut SslRef)) -> Pair {
         let mut server_ctx = base_context().unwrap();
         server_ctx.set_cipher_list(suite).unwrap();
         server_ctx.set_psk_server_callback(|_, identity, psk| {
@@ -654,6 +664,7 @@ mod tests {
         let mut client = Ssl::new(&client_ctx).unwrap();
         client.set_mtu(u32::from(MTU)).unwrap();
         client.set_connect_state();
+        client_setup(&mut client);
         let (mut client, mut server) = (stream(client), stream(server));
         let (mut client_done, mut server_done) = (false, false);
         let mut server_last_flight = Vec::new();
@@ -997,6 +1008,24 @@ mod tests {
                 Received::Dropped(DropReason::Malformed)
             ]
         );
+    }
+
+    #[test]
+    fn a_negotiated_max_fragment_length_caps_our_records() {
+        let mut protection = RecordProtection::new().unwrap();
+        // Mode 1: 512 bytes (RFC 6066 §4).
+        let mut pair = handshake_with("PSK-AES128-CCM8", |ssl| {
+            assert!(ffi::request_max_fragment_length(ssl, 1));
+        });
+        let mut session = compact(&pair, &protection);
+        assert_eq!(session.max_plaintext(), 512);
+        let record = session
+            .seal(&mut protection, CONTENT_APPLICATION_DATA, &[1; 512])
+            .unwrap();
+        assert_eq!(client_reads(&mut pair, &record).unwrap(), vec![1; 512]);
+        // Without the extension the MTU is the limit.
+        let pair = handshake("PSK-AES128-CCM8");
+        assert_eq!(compact(&pair, &protection).max_plaintext(), 1232 - 29);
     }
 
     #[test]

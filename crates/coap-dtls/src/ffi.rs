@@ -1,7 +1,8 @@
 //! The OpenSSL calls the `openssl` crate does not wrap: `DTLSv1_listen`,
 //! the DTLS retransmission timer (`DTLSv1_get_timeout`,
 //! `DTLSv1_handle_timeout`, `DTLS_set_timer_cb`),
-//! `SSL_CTX_use_psk_identity_hint` and `OPENSSL_cleanse`.
+//! `SSL_CTX_use_psk_identity_hint`, `SSL_SESSION_get_max_fragment_length`
+//! and `OPENSSL_cleanse`.
 //!
 //! This is the only module of the crate with `unsafe` code. The functions are
 //! declared here against OpenSSL 3.0's `ssl.h`; `openssl-sys` links libssl.
@@ -48,6 +49,31 @@ unsafe extern "C" {
     fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> usize;
     fn SSL_CTX_use_psk_identity_hint(ctx: *mut openssl_sys::SSL_CTX, hint: *const c_char) -> c_int;
     fn OPENSSL_cleanse(ptr: *mut c_void, len: usize);
+    fn SSL_SESSION_get_max_fragment_length(s: *const openssl_sys::SSL_SESSION) -> u8;
+    #[cfg(test)]
+    fn SSL_set_tlsext_max_fragment_length(ssl: *mut openssl_sys::SSL, mode: u8) -> c_int;
+}
+
+/// The plaintext limit the peer asked for with the max_fragment_length
+/// extension (RFC 6066 §4) in the established session, if any
+/// (`SSL_SESSION_get_max_fragment_length`).
+pub(crate) fn max_fragment_length(ssl: &SslRef) -> Option<usize> {
+    let session = ssl.session()?;
+    // SAFETY: the session is valid for the duration of the borrow; the call
+    // only reads it.
+    let code = unsafe { SSL_SESSION_get_max_fragment_length(session.as_ptr()) };
+    match code {
+        1..=4 => Some(256 << code),
+        _ => None,
+    }
+}
+
+/// Makes a client ask for max_fragment_length `512 << (mode - 1)`
+/// (`SSL_set_tlsext_max_fragment_length`); for tests.
+#[cfg(test)]
+pub(crate) fn request_max_fragment_length(ssl: &mut SslRef, mode: u8) -> bool {
+    // SAFETY: the SSL object is valid and exclusively borrowed.
+    unsafe { SSL_set_tlsext_max_fragment_length(ssl.as_ptr(), mode) == 1 }
 }
 
 /// Overwrites `buf` with zeros in a way the compiler does not remove

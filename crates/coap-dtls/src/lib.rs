@@ -30,7 +30,10 @@
 //!     │ no                                                    │
 //!     ▼                                                       ▼
 //!  sessions[peer] ──none──▶ drop        SslStream<DatagramPipe> (one per peer)
-//!     └──────────────────────────────────────▶ accept / ssl_read
+//!     ├─handshaking / non-AEAD suite────────▶ accept / ssl_read
+//!     │                                           │ handshake done, AEAD suite:
+//!     │                                           ▼ derive keys, free the Ssl
+//!     └─compact session───────────────────▶ epoch? replay window? AEAD open
 //!                                                 │            │
 //!                              transmits (peer, bytes)   events: Data{peer,
 //!                                                        identity, bytes}, ...
@@ -66,6 +69,71 @@
 //! # }
 //! ```
 //!
+//! # Compact sessions
+//!
+//! OpenSSL keeps about 30 KiB per `SSL` object, also while a session is
+//! idle. So once a handshake has finished with an AEAD cipher suite
+//! (`PSK-AES128-CCM8`, `PSK-AES128-CCM`, `PSK-AES128-GCM-SHA256`, the
+//! AES-256-CCM variants, `PSK-`/`ECDHE-PSK-CHACHA20-POLY1305`), the server
+//! derives the session's record keys itself and frees the `SSL` object
+//! ([`ServerConfig::compact_sessions`], on by default). What remains per
+//! session is the peer's identity, the suite, the two write keys and IVs,
+//! our write epoch and sequence number, a 64-record replay window, and
+//! until the client's first application record our last handshake flight
+//! (about 100 bytes). Sessions with other suites (CBC) stay on OpenSSL's
+//! record layer as before.
+//!
+//! - **Keys** are the ones OpenSSL uses: `key_block = PRF(master_secret,
+//!   "key expansion", server_random + client_random)` with the SHA-256 PRF
+//!   (RFC 5246 §6.3), from `SSL_SESSION_get_master_key` and the hello
+//!   randoms; unit tests compare them with the keys of OpenSSL's own client
+//!   and the PRF with OpenSSL's exporter.
+//! - **Record format** as OpenSSL's record layer: AES-CCM (RFC 6655,
+//!   RFC 7251) and AES-GCM (RFC 5288) with nonce = 4-byte salt ‖ 8-byte
+//!   explicit nonce (we send `epoch ‖ sequence_number`, never repeated
+//!   under one key); ChaCha20-Poly1305 with RFC 7905's XOR nonce;
+//!   additional data `epoch ‖ seq ‖ type ‖ version ‖ length` (RFC 5246
+//!   §6.2.3.3, RFC 6347 §4.1.2.1). Tests encrypt with one side and decrypt
+//!   with the other for every suite, and the libcoap interop tests (OpenSSL
+//!   and GnuTLS clients) run over compact sessions.
+//! - **Replay detection** (RFC 6347 §4.1.2.6): a 64-record sliding window,
+//!   checked before decryption and moved only by records that
+//!   authenticated. Records from another epoch, that fail to authenticate
+//!   or that are replays are dropped silently and counted
+//!   ([`DroppedDatagrams::other_epoch`], `undecryptable`, `replayed`).
+//! - **Sequence numbers** never wrap: the session is closed when its 2^48
+//!   write sequence numbers are used up.
+//! - **Alerts**: an authenticated close_notify or fatal alert ends the
+//!   session; unauthenticated (epoch-0) alerts are ignored, as OpenSSL
+//!   does after the handshake. [`DtlsServer::close`] sends an encrypted
+//!   close_notify.
+//! - **Lost last flight**: our ChangeCipherSpec + Finished flight is kept
+//!   until the client's first application record; an authenticated
+//!   retransmission of the client's Finished gets it again, at most
+//!   `max_retransmissions` times.
+//! - **No renegotiation**: a handshake record after the handshake is
+//!   dropped (counted as `unexpected_record`), the contexts also set
+//!   `SSL_OP_NO_RENEGOTIATION`; so the keys never change in a session.
+//! - A negotiated max_fragment_length (RFC 6066) caps the records we send.
+//! - Keys are overwritten (`OPENSSL_cleanse`) when a session ends. Records
+//!   are sealed and opened with two cipher contexts shared by all sessions
+//!   of a server, re-keyed per record: no per-session OpenSSL state.
+//!
+//! Measured on the development machine (`examples/server_costs.rs`,
+//! release build, OpenSSL 3.0, glibc; not asserted by tests):
+//!
+//! | per idle established session        | OpenSSL record layer | compact  |
+//! |-------------------------------------|----------------------|----------|
+//! | RSS growth, 1 000 sessions          | 33.6 KiB             | 0.86 KiB |
+//! | RSS growth, 10 000 sessions         | 33.6 KiB             | 0.73 KiB |
+//! | server CPU, receive 100-byte record | ~1.03 µs             | ~0.63 µs |
+//! | server CPU, send 100-byte record    | ~0.66 µs             | ~0.50 µs |
+//!
+//! On loopback with sockets (`examples/loopback_bench.rs`, `ours` vs
+//! `ours-openssl`) the request rate is dominated by the client and the
+//! system calls: both modes run 25 000–40 000 requests/s on the shared
+//! 2-core machine, within its noise.
+//!
 //! # Security notes
 //!
 //! - **Cookie before state** (RFC 6347 §4.2.1): a ClientHello without a
@@ -81,8 +149,9 @@
 //! - **Caps**: at most `max_handshakes` handshakes at once and
 //!   `max_sessions` sessions; a handshake has a deadline and a bounded
 //!   number of retransmissions; idle sessions are evicted after
-//!   `idle_timeout`. Each session's OpenSSL object runs with
-//!   `SSL_MODE_RELEASE_BUFFERS`.
+//!   `idle_timeout`. An established session with an AEAD suite keeps no
+//!   OpenSSL object (see "Compact sessions"); one that does has its record
+//!   buffers released while idle (`SSL_free_buffers`).
 //! - **Isolation**: every call works on one session and never waits; a stuck
 //!   handshake holds one slot until its deadline.
 //! - **PSK lookups** happen inside OpenSSL's synchronous callback, so
