@@ -493,7 +493,7 @@ impl Gateway {
             let uri = describe_uri(message);
             tracing::debug!(
                 peer = %peer,
-                method = %message.code,
+                method = %message.code.name().unwrap_or("?"),
                 uri = %redact_uri(&uri),
                 code = %reply.response.code,
                 "request"
