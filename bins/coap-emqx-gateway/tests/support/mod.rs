@@ -459,9 +459,11 @@ pub struct Received {
     pub expiry: Option<u32>,
 }
 
-/// A plain rumqttc MQTT 5 subscriber.
+/// A plain rumqttc MQTT 5 subscriber; it subscribes again after each
+/// reconnect (a restarted private broker forgets subscriptions).
 pub struct MqttSubscriber {
     rx: mpsc::UnboundedReceiver<Received>,
+    subacks: tokio::sync::watch::Receiver<u32>,
     _client: AsyncClient,
 }
 
@@ -472,17 +474,22 @@ impl MqttSubscriber {
         let mut options = MqttOptions::new(format!("t-sub-{}", unique()), host, port);
         options.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(options, 64);
-        client.subscribe(filter, QoS::ExactlyOnce).await.unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        let (subacked_tx, subacked_rx) = tokio::sync::oneshot::channel();
+        let (subacks_tx, subacks) = tokio::sync::watch::channel(0u32);
+        let resubscriber = client.clone();
+        let filter = filter.to_owned();
         tokio::spawn(async move {
-            let mut subacked = Some(subacked_tx);
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let c = resubscriber.clone();
+                        let f = filter.clone();
+                        tokio::spawn(async move {
+                            let _ = c.subscribe(f, QoS::ExactlyOnce).await;
+                        });
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(s) = subacked.take() {
-                            let _ = s.send(());
-                        }
+                        subacks_tx.send_modify(|n| *n += 1);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let props = p.properties.unwrap_or_default();
@@ -500,14 +507,22 @@ impl MqttSubscriber {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(5), subacked_rx)
-            .await
-            .unwrap()
-            .unwrap();
-        Self {
+        let mut me = Self {
             rx,
+            subacks,
             _client: client,
-        }
+        };
+        me.wait_subscribed(1).await;
+        me
+    }
+
+    /// Waits until the `n`th SUBACK (1 = first subscription, 2 = after the
+    /// first reconnect, ...).
+    pub async fn wait_subscribed(&mut self, n: u32) {
+        tokio::time::timeout(Duration::from_secs(10), self.subacks.wait_for(|k| *k >= n))
+            .await
+            .expect("subscribed within 10 s")
+            .unwrap();
     }
 
     pub async fn next(&mut self) -> Received {
