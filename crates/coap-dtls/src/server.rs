@@ -811,6 +811,16 @@ impl DtlsServer {
         {
             deadline = deadline.min(now + left);
         }
+        // An established session's idle deadline only moves later with
+        // traffic: keep the earlier timer, which then finds the session
+        // active and rearms it (one wake-up per idle period instead of a
+        // timer-set update per datagram).
+        let keep_earlier = session.state.is_established()
+            && session.deadline <= deadline
+            && session.deadline > now;
+        if keep_earlier && self.timers.contains(&(session.deadline, peer)) {
+            return;
+        }
         if deadline != session.deadline || !self.timers.contains(&(deadline, peer)) {
             self.timers.remove(&(session.deadline, peer));
             session.deadline = deadline;

@@ -212,3 +212,28 @@ fn closing_works_both_ways_on_a_compact_session() {
     assert_eq!(h.server.stats().sessions, 0);
     assert_eq!(h.server.stats().sessions_closed, 2);
 }
+
+#[test]
+fn traffic_keeps_a_session_alive_and_eviction_follows_the_last_activity() {
+    let mut config = server_config();
+    config.idle_timeout = Duration::from_secs(60);
+    let mut h = Harness::new(config);
+    let mut client = h.peer(addr(1), &connector(IDENTITY, KEY));
+    h.pump(&mut [&mut client]);
+    let t0 = Instant::now();
+    // Activity 30 s later (virtual time).
+    client.session.send(b"still here").unwrap();
+    let datagram = client.session.poll_transmit().unwrap();
+    h.server
+        .handle_datagram(t0 + Duration::from_secs(30), addr(1), &datagram);
+    // The first idle deadline passes: the session was active, it stays and
+    // its timer moves to 60 s after the activity.
+    h.server.handle_timeout(t0 + Duration::from_secs(61));
+    assert_eq!(h.server.stats().sessions, 1);
+    let next = h.server.poll_timeout().unwrap();
+    assert!(next >= t0 + Duration::from_secs(90), "{next:?}");
+    assert!(next <= t0 + Duration::from_secs(91), "{next:?}");
+    h.server.handle_timeout(next);
+    let stats = h.server.stats();
+    assert_eq!((stats.sessions, stats.evictions), (0, 1), "{stats:?}");
+}

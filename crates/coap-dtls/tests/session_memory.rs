@@ -31,6 +31,8 @@ fn established_sessions_stay_small() {
     let rss_after = vm_rss_kib();
     let stats = h.server.stats();
     assert_eq!(stats.sessions, SESSIONS as usize + 1);
+    // Every session runs on the compact record layer (the default).
+    assert_eq!(stats.sessions_compacted, u64::from(SESSIONS) + 1);
     let per_session = rss_after.saturating_sub(rss_before) as f64 / f64::from(SESSIONS);
     println!(
         "{SESSIONS} established server sessions: VmRSS {rss_before} -> {rss_after} KiB, \
