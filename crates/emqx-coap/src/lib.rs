@@ -1,7 +1,12 @@
-//! `emqx-coap`: the broker side and security pieces of the EMQX-style CoAP
-//! pub/sub gateway (binary `coap-emqx-gateway`, spec `emqx-mode.md`).
+//! `emqx-coap`: the EMQX-style CoAP pub/sub gateway as a library (binary
+//! `coap-emqx-gateway`, spec `emqx-mode.md`, user guide
+//! `docs/emqx-mode.md`).
 //!
 //! What it is for:
+//! - [`gateway`]: the CoAP resources — `mqtt/connection` (connection-mode
+//!   sessions with tokens and heartbeat expiry) and `ps/{topic}` (publish,
+//!   observe = subscribe, read retained) — on top of `coap-endpoint`, with
+//!   notifications from broker deliveries;
 //! - [`topic`]: MQTT topic name/filter validation and matching;
 //! - [`trie`]: the filter → subscriber index used for fan-out;
 //! - [`mountpoint`]: `${clientid}`/`${username}` topic prefixes;
@@ -9,46 +14,37 @@
 //!   implementation ([`broker::embedded`]) and an MQTT one through rumqttc
 //!   ([`broker::mqtt`]);
 //! - [`auth`]: the TOML authentication file (argon2/bcrypt hashes, ACL);
+//! - [`psk_file`]: the DTLS `identity:secret` file;
 //! - [`redact`]: keeping passwords and tokens out of logged URIs.
 //!
-//! What it is not for: CoAP. It does not parse messages, keep observe
-//! relations or know about tokens of the `mqtt/connection` resource; the CoAP
-//! request handling of EMQX mode sits on top of this crate.
+//! What it is not for: the CoAP message layer (deduplication,
+//! retransmission, block-wise, observe bookkeeping: `coap-endpoint`), DTLS
+//! (`coap-dtls`), command line, metrics export and signals (the binary and
+//! `gateway-kit`).
 //!
 //! Data flow:
 //! ```text
-//! CoAP request handler ──publish/subscribe──▶ dyn Broker ──▶ embedded trie
-//!        ▲                                        │        └▶ rumqttc ─▶ MQTT broker
-//!        │                                        ▼
-//!        └───────── Deliveries::recv() ◀── per-subscriber bounded queues
-//!                  (subscriber id, message)        ▲
-//!                                                  └── MQTT PUBLISH fanned out
-//!                                                      through the local trie
+//!  coap-endpoint Server ─request─▶ gateway::Gateway ──publish/subscribe──▶ dyn Broker ──▶ embedded trie
+//!        ▲                          (auth, ACL, mount)                       │        └▶ rumqttc ─▶ MQTT broker
+//!        │                                                                   ▼
+//!        └── EndpointHandle::notify ◀── Gateway::run_deliveries ◀── Deliveries (per-subscriber
+//!                                                                   bounded queues)
 //! ```
-
 //!
-//! How the CoAP layer uses it:
-//! 1. At start: [`broker::BrokerKind::from_flag`] (`--broker`) →
+//! Using it in another service:
+//! 1. [`broker::BrokerKind::from_flag`] (`--broker`) →
 //!    [`broker::BrokerKind::start`] gives an `Arc<dyn Broker>` and the one
-//!    [`broker::Deliveries`] receiver; optionally [`auth::AuthFile::load`]
-//!    (`--auth-file`) and a [`mountpoint::Mountpoint`] (`--mountpoint`).
-//! 2. Per request: validate with [`topic::TopicName::new`] /
-//!    [`topic::TopicFilter::new`] (4.00 on error), authenticate
-//!    ([`auth::AuthFile::authenticate`], in `spawn_blocking`) and authorize
-//!    ([`auth::AuthFile::authorize`]), mount, then
-//!    [`broker::Broker::publish`] / [`broker::Broker::subscribe`] /
-//!    [`broker::Broker::unsubscribe`] / [`broker::Broker::retained`].
-//!    Error mapping: [`broker::BrokerError::Unavailable`] → 5.03,
-//!    `NotAuthorized` → 4.01, `TooLarge` → 4.13, `MissingClientId` → 4.00,
-//!    `Limit` → 5.03, others → 5.00.
-//! 3. One task loops on [`broker::Deliveries::recv`] and turns each
-//!    `(subscriber, message)` into a notification of the observe relation
-//!    the caller registered under that [`broker::SubscriberId`], after
-//!    [`mountpoint::Mountpoint::strip`].
-//! 4. On `DELETE mqtt/connection` or heartbeat expiry:
-//!    [`broker::Broker::disconnect_client`] and, if wanted,
-//!    [`broker::presence::publish_presence`].
-//! 5. Log URIs only through [`redact::redact_uri`].
+//!    [`broker::Deliveries`] receiver; optionally [`auth::AuthFile::load`].
+//! 2. [`gateway::Gateway::new`] with [`gateway::GatewaySettings`]; spawn
+//!    [`gateway::Gateway::run_deliveries`] and
+//!    [`gateway::Gateway::run_expiry`].
+//! 3. Hand each `coap_endpoint::Server` (UDP, DTLS) to
+//!    [`gateway::Gateway::run_server`].
+//!
+//! Error mapping (one place, `gateway`): bad request → 4.00,
+//! authentication/ACL → 4.01, unknown path or no retained message → 4.04,
+//! wrong method → 4.05, too large → 4.13, repeated bad tokens → 4.29,
+//! [`broker::BrokerError::Unavailable`] and limits → 5.03 with Max-Age.
 
 pub mod auth;
 pub mod broker;

@@ -987,3 +987,73 @@ async fn notifications_follow_a_session_to_its_new_address() {
     assert_eq!((&n.token[..], &n.payload[..]), (&b"ob3"[..], &b"here"[..]));
     let _ = r.stop.send(());
 }
+
+#[tokio::test]
+async fn presence_events_on_connect_and_close() {
+    let mut f = fixture(GatewaySettings {
+        presence_node: Some("gw1".into()),
+        ..connection_mode()
+    });
+    let mut rx = f.deliveries.take().unwrap();
+    f.broker
+        .subscribe_at(
+            &ClientInfo::default(),
+            SubscriberId(77),
+            &TopicFilter::new("$SYS/brokers/gw1/gateway/coap/clients/+/+").unwrap(),
+            Qos::AtMostOnce,
+            Instant::now(),
+        )
+        .unwrap();
+    let now = Instant::now();
+    let token = f.connect(&peer(1), "p1", now).await;
+    let d = rx.try_recv().unwrap();
+    assert_eq!(
+        d.message.topic,
+        "$SYS/brokers/gw1/gateway/coap/clients/p1/connected"
+    );
+    let t = format!("token={token}");
+    let r = f
+        .at(
+            &peer(1),
+            req(Code::DELETE, "mqtt/connection", &["clientid=p1", &t]),
+            now,
+        )
+        .await;
+    assert_eq!(r.response.code, Code::DELETED);
+    let d = rx.try_recv().unwrap();
+    assert_eq!(
+        d.message.topic,
+        "$SYS/brokers/gw1/gateway/coap/clients/p1/disconnected"
+    );
+    assert!(String::from_utf8_lossy(&d.message.payload).contains("\"clientid\":\"p1\""));
+}
+
+#[tokio::test]
+async fn idle_connectionless_observers_end_after_the_configured_lifetime() {
+    let r = running(GatewaySettings {
+        observe_idle_lifetime: Some(Duration::from_secs(600)),
+        ..GatewaySettings::default()
+    })
+    .await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    exchange(&socket, r.addr, observe(b"idle", "ps/idle", 1)).await;
+    r.wait_observers(1).await;
+    for _ in 0..100 {
+        if r.gateway.state().relations.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let now = Instant::now();
+    r.gateway.expire_at(now + Duration::from_secs(599)).await;
+    assert_eq!(r.gateway.observer_count(), 1);
+    r.gateway.expire_at(now + Duration::from_secs(601)).await;
+    assert_eq!(r.gateway.observer_count(), 0);
+    // The observer is told with a final 4.04 notification.
+    let last = recv(&socket).await;
+    assert_eq!(
+        (last.code, &last.token[..]),
+        (Code::NOT_FOUND, &b"idle"[..])
+    );
+    let _ = r.stop.send(());
+}
