@@ -126,13 +126,16 @@
 //! |-------------------------------------|----------------------|----------|
 //! | RSS growth, 1 000 sessions          | 33.6 KiB             | 0.86 KiB |
 //! | RSS growth, 10 000 sessions         | 33.6 KiB             | 0.73 KiB |
-//! | server CPU, receive 100-byte record | ~1.03 µs             | ~0.63 µs |
-//! | server CPU, send 100-byte record    | ~0.66 µs             | ~0.50 µs |
+//! | server CPU, receive 100-byte record | ~0.95 µs             | ~0.55 µs |
+//! | server CPU, send 100-byte record    | ~0.57 µs             | ~0.44 µs |
 //!
-//! On loopback with sockets (`examples/loopback_bench.rs`, `ours` vs
-//! `ours-openssl`) the request rate is dominated by the client and the
-//! system calls: both modes run 25 000–40 000 requests/s on the shared
-//! 2-core machine, within its noise.
+//! (CPU: best of five runs of 200 000 records; about 1.5 times the
+//! request/response pairs per second of server CPU.) On loopback with
+//! sockets (`examples/loopback_bench.rs`, `ours` vs `ours-openssl`) the
+//! request rate is bound by the OpenSSL client and the system calls: both
+//! modes measured about 58 000 sequential requests/s over one session
+//! and 60 000–80 000 over 8 parallel sessions on the shared 2-core
+//! machine, equal within its noise.
 //!
 //! # Security notes
 //!
