@@ -16,7 +16,8 @@ pub struct ServerStats {
     pub handshakes_failed: HandshakeFailures,
     /// HelloVerifyRequests sent (cookie exchanges).
     pub hello_verify_requests_sent: u64,
-    /// Handshake flights retransmitted on timer expiry.
+    /// Handshake flights retransmitted: on timer expiry, or our last flight
+    /// again when a compact session sees the peer repeat its Finished.
     pub retransmissions: u64,
     /// Established sessions whose record layer moved from OpenSSL to a
     /// compact session (see the crate docs).
