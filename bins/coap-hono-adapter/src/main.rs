@@ -136,8 +136,12 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot listen for DTLS on {}", config.dtls))?;
-    let dtls_server = Server::new(dtls_transport, endpoint_config.clone())?
-        .with_shutdown_grace(config.shutdown_grace.get());
+    let dtls_transport = Arc::new(dtls_transport);
+    let dtls_server = Server::new(
+        metrics::SharedDtls(dtls_transport.clone()),
+        endpoint_config.clone(),
+    )?
+    .with_shutdown_grace(config.shutdown_grace.get());
     let dtls_addr = dtls_server.local_addr()?;
     let udp_server = match config.insecure_udp {
         Some(addr) => Some(
@@ -194,7 +198,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
             result
         });
     }
-    metrics::spawn_endpoint_stats(&metrics, endpoint_handles)?;
+    metrics::spawn_endpoint_stats(&metrics, endpoint_handles, dtls_transport)?;
 
     while let Some(result) = servers.join_next().await {
         match result {

@@ -1,11 +1,14 @@
 //! Prometheus metrics: responses by code and forwarded messages (from the
-//! adapter, pre-resolved counters), endpoint statistics (copied from each
-//! listener's `Stats` once a second).
+//! adapter, pre-resolved counters), endpoint and DTLS statistics (copied
+//! from each listener's `Stats` once a second).
 
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use coap_endpoint::EndpointHandle;
 use coap_endpoint::coap_codec::Code;
+use coap_endpoint::{DtlsTransport, EndpointHandle, Peer, Transport};
 use gateway_kit::{Counter, Gauge, MetricsError, MetricsRegistry};
 use hono_coap::AdapterObserver;
 
@@ -102,11 +105,56 @@ struct EndpointGauges {
     malformed: Gauge,
 }
 
-/// Copies each listener's endpoint statistics into gauges once a second.
+/// The DTLS transport shared between the CoAP server and the metrics task
+/// (which reads its session and handshake counters).
+pub(crate) struct SharedDtls(pub(crate) Arc<DtlsTransport>);
+
+impl Transport for SharedDtls {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Peer)> {
+        self.0.recv(buf).await
+    }
+
+    async fn send(&self, peer: &Peer, bytes: &[u8]) -> io::Result<()> {
+        self.0.send(peer, bytes).await
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+struct DtlsGauges {
+    transport: Arc<DtlsTransport>,
+    sessions: Gauge,
+    handshakes_completed: Gauge,
+    handshakes_failed: Gauge,
+}
+
+/// Copies each listener's endpoint statistics and the DTLS counters into
+/// gauges once a second.
 pub(crate) fn spawn_endpoint_stats(
     registry: &MetricsRegistry,
     handles: Vec<(&'static str, EndpointHandle)>,
+    dtls: Arc<DtlsTransport>,
 ) -> Result<(), MetricsError> {
+    let dtls = DtlsGauges {
+        transport: dtls,
+        sessions: registry.gauge(
+            "dtls_sessions",
+            "DTLS sessions (handshaking and established).",
+            &[],
+        )?,
+        handshakes_completed: registry.gauge(
+            "dtls_handshakes_completed",
+            "DTLS handshakes completed since start.",
+            &[],
+        )?,
+        handshakes_failed: registry.gauge(
+            "dtls_handshakes_failed",
+            "DTLS handshakes failed since start (timeout, unknown identity, alert, ...).",
+            &[],
+        )?,
+    };
     let mut listeners = Vec::with_capacity(handles.len());
     for (listener, handle) in handles {
         let labels = [("listener", listener)];
@@ -133,13 +181,20 @@ pub(crate) fn spawn_endpoint_stats(
     }
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let set = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
         loop {
             ticker.tick().await;
+            let stats = dtls.transport.socket().stats();
+            set(
+                &dtls.sessions,
+                u64::try_from(stats.sessions).unwrap_or(u64::MAX),
+            );
+            set(&dtls.handshakes_completed, stats.handshakes_completed);
+            set(&dtls.handshakes_failed, stats.handshakes_failed.total());
             for l in &listeners {
                 let Ok(stats) = l.handle.stats().await else {
                     continue;
                 };
-                let set = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
                 set(&l.datagrams_in, stats.datagrams_in);
                 set(&l.datagrams_out, stats.datagrams_out);
                 set(&l.retransmissions, stats.retransmissions);

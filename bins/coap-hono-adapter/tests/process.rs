@@ -226,6 +226,31 @@ async fn stdout_downstream_and_registry_reload() {
         metrics.contains("hono_coap_messages_forwarded_total{kind=\"telemetry\"}"),
         "{metrics}"
     );
+    // endpoint and DTLS statistics are copied once a second
+    let r = run(
+        OPENSSL,
+        args![psk(SENSOR), "-m", "post", "-e", "d", adapter.coaps("/t")],
+    )
+    .await;
+    assert_eq!(r.code(), "2.04", "{r:?}");
+    let gauge = |metrics: &str, key: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = http_get(http, "/metrics").await;
+        if gauge(&metrics, "dtls_handshakes_completed ") >= 1
+            && gauge(&metrics, "coap_datagrams_in{listener=\"udp\"} ") >= 4
+            && gauge(&metrics, "coap_datagrams_in{listener=\"dtls\"} ") >= 1
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
