@@ -102,7 +102,36 @@ impl AdapterObserver for NoObserver {}
 ///
 /// Call [`serve`](Self::serve) from a `coap_endpoint::Server` handler, or
 /// [`handle`](Self::handle) with a request and an ack-timeout callback (as
-/// the unit tests do).
+/// the unit tests do). Embedded in a Rust service with the in-process
+/// downstream:
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use coap_endpoint::{EndpointConfig, IncomingRequestHandle, Server};
+/// use hono_coap::{AdapterSettings, FileRegistry, HonoAdapter, InProcessDownstream};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let registry = Arc::new(FileRegistry::load("registry.json")?);
+/// let downstream = Arc::new(InProcessDownstream::new());
+/// let mut telemetry = downstream.consume_telemetry("DEFAULT_TENANT");
+/// let adapter = Arc::new(HonoAdapter::new(registry, downstream.clone(), AdapterSettings::default()));
+/// // Plain UDP: unauthenticated devices PUT /t/{tenant}/{device}. For
+/// // DTLS-PSK use `coap_endpoint::DtlsTransport` with a PSK store answered
+/// // by `Registry::psk_for_identity`.
+/// let server = Server::bind("127.0.0.1:5683".parse()?, EndpointConfig::default()).await?;
+/// tokio::spawn(async move {
+///     while let Some(message) = telemetry.recv().await {
+///         println!("{} sent {} bytes", message.message.device_id, message.message.payload.len());
+///     }
+/// });
+/// let handler = move |request: IncomingRequestHandle| {
+///     let adapter = adapter.clone();
+///     async move { adapter.serve(request).await }
+/// };
+/// server.run(handler, std::future::pending::<()>()).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct HonoAdapter {
     registry: Arc<dyn Registry>,
     downstream: Arc<dyn Downstream>,
