@@ -7,8 +7,8 @@
 //! (`gateway-kit`), the broker (`emqx-coap`'s embedded broker or rumqttc
 //! to an MQTT broker), the authentication file, the CoAP resources
 //! (`emqx_coap::gateway`), the plain-UDP and DTLS-PSK CoAP servers
-//! (`coap-endpoint` over `coap-dtls`), the metrics/health HTTP server and
-//! signal handling.
+//! (`coap-endpoint` over `coap-dtls`), the metrics/health HTTP server with
+//! the management API (`api`) and signal handling.
 //!
 //! ```text
 //! device ─coap──────────────▶ UDP server ──┐
@@ -23,6 +23,7 @@
 //! non-zero exit; SIGINT/SIGTERM stop accepting, answer in-flight requests
 //! and exit 0.
 
+mod api;
 mod config;
 mod metrics;
 
@@ -133,6 +134,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     let http = match config.http {
         Some(addr) => {
             let running = HttpServer::new(metrics.clone(), readiness.clone())
+                .with_api(api::router(gateway.clone()))
                 .start(addr, http_stop.clone())
                 .await
                 .with_context(|| format!("cannot serve HTTP on {addr}"))?;

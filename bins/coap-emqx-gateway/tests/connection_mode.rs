@@ -270,3 +270,125 @@ async fn observe_needs_clientid_and_token_in_connection_mode() {
         (MessageType::Non, Code::BAD_REQUEST)
     );
 }
+
+/// `METHOD path` with an optional JSON body on the management API.
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn management_api_lists_requests_and_kicks_clients() {
+    let gw = Gateway::start(&["--connection-required", "--http", "127.0.0.1:0"]);
+    let api = gw.http.unwrap();
+    let dev = RawClient::new(gw.udp).await;
+    let created = dev
+        .exchange(dev.request(
+            Code::POST,
+            b"c",
+            "mqtt/connection",
+            &["clientid=api-dev", "username=u1"],
+        ))
+        .await;
+    let token = format!(
+        "token={}",
+        String::from_utf8(created.payload.to_vec()).unwrap()
+    );
+    let answer = dev
+        .exchange(
+            dev.request(
+                Code::GET,
+                b"o",
+                "ps/api/t",
+                &["clientid=api-dev", &token, "qos=1"],
+            )
+            .with_observe(0),
+        )
+        .await;
+    assert_eq!(answer.code, Code::CONTENT);
+
+    let (status, body) =
+        tokio::task::spawn_blocking(move || http(api, "GET", "/api/clients?like=api", ""))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list[0]["clientid"], "api-dev");
+    assert_eq!(list[0]["username"], "u1");
+    assert_eq!(list[0]["subscriptions"], 1);
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http(api, "GET", "/api/clients/api-dev/subscriptions", "")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let subs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (subs[0]["filter"].as_str(), subs[0]["qos"].as_u64()),
+        (Some("api/t"), Some(1))
+    );
+    let (status, _) =
+        tokio::task::spawn_blocking(move || http(api, "GET", "/api/clients/nobody", ""))
+            .await
+            .unwrap();
+    assert_eq!(status, 404);
+
+    // A CoAP request to the device, answered by it.
+    let asking = tokio::task::spawn_blocking(move || {
+        http(
+            api,
+            "POST",
+            "/api/clients/api-dev/request",
+            r#"{"method":"put","path":"led?mode=on","payload":"1","content_type":"text/plain","timeout_ms":3000}"#,
+        )
+    });
+    let request = dev.recv().await;
+    assert_eq!(
+        (request.mtype, request.code, &request.payload[..]),
+        (MessageType::Con, Code::PUT, &b"1"[..])
+    );
+    let path: Vec<&[u8]> = request.uri_path().collect();
+    assert_eq!(path, [&b"led"[..]]);
+    let reply = coap_endpoint::coap_codec::Message::new(
+        MessageType::Ack,
+        Code::CHANGED,
+        request.message_id,
+    )
+    .with_token(request.token.clone())
+    .with_payload(&b"done"[..]);
+    dev.send(&reply).await;
+    let (status, body) = asking.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (answer["code"].as_str(), answer["payload"].as_str()),
+        (Some("2.04"), Some("done"))
+    );
+
+    // Kick: 204, the observer gets a final 4.01, the token is gone.
+    let (status, _) =
+        tokio::task::spawn_blocking(move || http(api, "DELETE", "/api/clients/api-dev", ""))
+            .await
+            .unwrap();
+    assert_eq!(status, 204);
+    let last = dev.notification(true).await;
+    assert_eq!(last.code, Code::UNAUTHORIZED);
+    let hb = dev.request(
+        Code::PUT,
+        b"h",
+        "mqtt/connection",
+        &["clientid=api-dev", &token],
+    );
+    assert_eq!(dev.exchange(hb).await.code, Code::UNAUTHORIZED);
+}

@@ -242,6 +242,47 @@ pub trait GatewayObserver: Send + Sync {
     }
 }
 
+/// A connection-mode client, for the management API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientSummary {
+    /// The clientid.
+    pub clientid: String,
+    /// The username given at connect, if any.
+    pub username: Option<String>,
+    /// The device's latest address (`identity@addr` over DTLS).
+    pub peer: String,
+    /// Time since the latest valid request.
+    pub idle: Duration,
+    /// Observe relations (subscriptions) of the session.
+    pub subscriptions: usize,
+}
+
+/// One subscription (observe relation) of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionSummary {
+    /// The filter as subscribed at the broker (mountpoint applied).
+    pub filter: String,
+    /// Subscription QoS.
+    pub qos: Qos,
+}
+
+/// Why [`Gateway::request_device`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceRequestError {
+    /// No connection-mode session with this clientid.
+    #[error("no such client")]
+    UnknownClient,
+    /// The device did not answer in time.
+    #[error("the device did not answer in time")]
+    Timeout,
+    /// The device answered with RST or the exchange failed otherwise.
+    #[error("request failed: {0}")]
+    Failed(String),
+}
+
 struct NoObserver;
 
 impl GatewayObserver for NoObserver {}
@@ -316,6 +357,7 @@ struct Observer {
     client: ClientInfo,
     /// Mounted filter, as subscribed at the broker.
     filter: TopicFilter,
+    qos: Qos,
     listener: ListenerId,
     peer: Peer,
     /// The CoAP token of the registration.
@@ -623,6 +665,99 @@ impl Gateway {
             .await;
         }
         ended
+    }
+
+    /// The connection-mode clients whose clientid contains `like` (all
+    /// with `""`), sorted by clientid, at time `now`.
+    pub fn clients_at(&self, like: &str, now: Instant) -> Vec<ClientSummary> {
+        let state = self.state();
+        let mut clients: Vec<ClientSummary> = state
+            .sessions
+            .iter()
+            .filter(|s| {
+                s.client
+                    .clientid
+                    .as_deref()
+                    .is_some_and(|c| c.contains(like))
+            })
+            .map(|s| summary(&state, s, now))
+            .collect();
+        clients.sort_by(|a, b| a.clientid.cmp(&b.clientid));
+        clients
+    }
+
+    /// One connection-mode client, at time `now`.
+    pub fn client_at(&self, clientid: &str, now: Instant) -> Option<ClientSummary> {
+        let state = self.state();
+        state
+            .sessions
+            .get(clientid)
+            .map(|s| summary(&state, s, now))
+    }
+
+    /// The subscriptions of a connection-mode client (`None`: no such
+    /// client), sorted by filter.
+    pub fn subscriptions(&self, clientid: &str) -> Option<Vec<SubscriptionSummary>> {
+        let state = self.state();
+        state.sessions.get(clientid)?;
+        let mut list: Vec<SubscriptionSummary> = state
+            .observers
+            .values()
+            .filter(|o| o.session.as_deref() == Some(clientid))
+            .map(|o| SubscriptionSummary {
+                filter: o.filter.as_str().to_owned(),
+                qos: o.qos,
+            })
+            .collect();
+        list.sort_by(|a, b| a.filter.cmp(&b.filter));
+        Some(list)
+    }
+
+    /// Ends a client's session (its observers get a final 4.01); false if
+    /// there is none.
+    pub async fn kick(&self, clientid: &str) -> bool {
+        let session = self.state().sessions.remove(clientid);
+        match session {
+            Some(session) => {
+                self.end_session(
+                    session,
+                    "kicked",
+                    Ending::Final(Code::UNAUTHORIZED, "session closed by the gateway"),
+                )
+                .await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a CoAP request (CON) to the latest address of a
+    /// connection-mode client and waits at most `timeout` for its answer.
+    pub async fn request_device(
+        &self,
+        clientid: &str,
+        request: Message,
+        timeout: Duration,
+    ) -> Result<Message, DeviceRequestError> {
+        let (listener, peer) = {
+            let state = self.state();
+            let session = state
+                .sessions
+                .get(clientid)
+                .ok_or(DeviceRequestError::UnknownClient)?;
+            (session.listener, session.peer.clone())
+        };
+        let handle = self
+            .listener(listener)
+            .ok_or(DeviceRequestError::UnknownClient)?;
+        match tokio::time::timeout(timeout, handle.request(peer, request, true)).await {
+            Err(_) => Err(DeviceRequestError::Timeout),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(ServerError::Request(coap_endpoint::RequestFailure::Timeout))) => {
+                Err(DeviceRequestError::Timeout)
+            }
+            Ok(Err(error)) => Err(DeviceRequestError::Failed(error.to_string())),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -1043,6 +1178,7 @@ impl Gateway {
                 Observer {
                     client: who.client.clone(),
                     filter: mounted.clone(),
+                    qos,
                     listener,
                     peer: peer.clone(),
                     token: message.token.clone(),
@@ -1285,18 +1421,43 @@ impl Gateway {
     }
 }
 
+fn summary(state: &State, session: &Session, now: Instant) -> ClientSummary {
+    let clientid = session.client.clientid.clone().unwrap_or_default();
+    ClientSummary {
+        subscriptions: state
+            .observers
+            .values()
+            .filter(|o| o.session.as_deref() == Some(clientid.as_str()))
+            .count(),
+        clientid,
+        username: session.client.username.clone(),
+        peer: session.peer.to_string(),
+        idle: now.saturating_duration_since(session.last_seen),
+    }
+}
+
 /// `message` with the payload and, if known, the Content-Format of a broker
 /// message.
 fn with_content(message: Message, from: &BrokerMessage) -> Message {
     let mut message = message.with_payload(from.payload.clone());
-    if let Some(format) = from
-        .content_type
-        .as_deref()
-        .and_then(ContentFormat::from_media_type)
-    {
+    if let Some(format) = from.content_type.as_deref().and_then(content_format_for) {
         message = message.with_content_format(format);
     }
     message
+}
+
+/// The CoAP Content-Format of an MQTT content type, if registered:
+/// the exact media type, else the type without parameters (`text/plain`
+/// is Content-Format 0, `text/plain;charset=utf-8`).
+pub fn content_format_for(media_type: &str) -> Option<ContentFormat> {
+    if let Some(format) = ContentFormat::from_media_type(media_type) {
+        return Some(format);
+    }
+    let bare = media_type.split(';').next().unwrap_or_default().trim();
+    if bare.eq_ignore_ascii_case("text/plain") {
+        return Some(ContentFormat::TEXT_PLAIN);
+    }
+    ContentFormat::from_media_type(bare)
 }
 
 /// The DTLS PSK identity as a clientid, if it is UTF-8.

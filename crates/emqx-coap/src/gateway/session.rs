@@ -53,6 +53,10 @@ impl Sessions {
         self.by_client.len()
     }
 
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.by_client.values()
+    }
+
     pub(crate) fn get(&self, clientid: &str) -> Option<&Session> {
         self.by_client.get(clientid)
     }

@@ -1057,3 +1057,92 @@ async fn idle_connectionless_observers_end_after_the_configured_lifetime() {
     );
     let _ = r.stop.send(());
 }
+
+#[tokio::test]
+async fn management_lists_clients_subscriptions_and_kicks() {
+    let f = fixture(connection_mode());
+    let now = Instant::now();
+    let token = f.connect(&peer(1), "m-1", now).await;
+    f.connect(&peer(2), "other", now).await;
+    let t = format!("token={token}");
+    let r = f
+        .at(
+            &peer(1),
+            req(Code::GET, "ps/m/x", &["clientid=m-1", &t, "qos=2"]).with_observe(0),
+            now,
+        )
+        .await;
+    assert_eq!(r.response.code, Code::CONTENT);
+    let all = f.gateway.clients_at("", now + Duration::from_secs(3));
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].clientid, "m-1");
+    assert_eq!(all[0].subscriptions, 1);
+    assert_eq!(all[0].idle, Duration::from_secs(3));
+    assert_eq!(f.gateway.clients_at("m-", now).len(), 1);
+    assert!(f.gateway.client_at("nobody", now).is_none());
+    let subs = f.gateway.subscriptions("m-1").unwrap();
+    assert_eq!(
+        (subs[0].filter.as_str(), subs[0].qos),
+        ("m/x", Qos::ExactlyOnce)
+    );
+    assert!(f.gateway.subscriptions("nobody").is_none());
+    assert!(f.gateway.kick("m-1").await);
+    assert!(!f.gateway.kick("m-1").await);
+    assert_eq!(f.subscribers_of("m/x"), 0);
+    assert_eq!(
+        f.gateway
+            .request_device("m-1", req(Code::GET, "x", &[]), Duration::from_secs(1))
+            .await,
+        Err(DeviceRequestError::UnknownClient)
+    );
+}
+
+#[tokio::test]
+async fn management_request_reaches_the_device() {
+    let r = running(connection_mode()).await;
+    let device = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let connect = Message::new(MessageType::Con, Code::POST, 1)
+        .with_token(&b"c"[..])
+        .with_uri_path("mqtt/connection")
+        .with_uri_query("clientid=target");
+    assert_eq!(exchange(&device, r.addr, connect).await.code, Code::CREATED);
+    let gateway = r.gateway.clone();
+    let asking = tokio::spawn(async move {
+        gateway
+            .request_device(
+                "target",
+                Message::new(MessageType::Con, Code::GET, 0).with_uri_path("sensors/temp"),
+                Duration::from_secs(3),
+            )
+            .await
+    });
+    let request = recv(&device).await;
+    assert_eq!((request.mtype, request.code), (MessageType::Con, Code::GET));
+    let answer = Message::new(MessageType::Ack, Code::CONTENT, request.message_id)
+        .with_token(request.token.clone())
+        .with_payload(&b"21"[..]);
+    device
+        .send_to(&answer.to_bytes().unwrap(), r.addr)
+        .await
+        .unwrap();
+    let got = asking.await.unwrap().unwrap();
+    assert_eq!((got.code, &got.payload[..]), (Code::CONTENT, &b"21"[..]));
+    let _ = r.stop.send(());
+}
+
+#[test]
+fn content_types_map_to_registered_formats_only() {
+    assert_eq!(
+        content_format_for("application/json"),
+        Some(ContentFormat::JSON)
+    );
+    assert_eq!(
+        content_format_for("text/plain"),
+        Some(ContentFormat::TEXT_PLAIN)
+    );
+    assert_eq!(
+        content_format_for("text/plain;charset=utf-8"),
+        Some(ContentFormat::TEXT_PLAIN)
+    );
+    assert_eq!(content_format_for("application/x-unknown"), None);
+}
