@@ -24,7 +24,9 @@ pub(crate) const REGISTRY: &str = r#"{
   "tenants": [
     {"tenant-id": "DEFAULT_TENANT", "max-ttd": 20},
     {"tenant-id": "NOADAPTER", "adapters": [{"type": "hono-mqtt", "enabled": true}]},
-    {"tenant-id": "ACKNOW", "adapters": [{"type": "hono-coap", "enabled": true, "ext": {"timeoutToAck": 0}}]},
+    {"tenant-id": "ACKNOW", "adapters": [{"type": "hono-coap", "enabled": true,
+       "ext": {"timeoutToAck": 0, "deviceTriggeredTimeoutToAck": 5000}}]},
+    {"tenant-id": "NEVERACK", "adapters": [{"type": "hono-coap", "enabled": true, "ext": {"timeoutToAck": -1}}]},
     {"tenant-id": "LIMITED", "resource-limits": {"data-volume": {"max-bytes": 100,
        "effective-since": "2020-01-01T00:00:00Z", "period": {"mode": "days", "no-of-days": 100000}}}}
   ],
@@ -38,6 +40,7 @@ pub(crate) const REGISTRY: &str = r#"{
     {"tenant-id": "DEFAULT_TENANT", "device-id": "gw-off", "enabled": false},
     {"tenant-id": "NOADAPTER", "device-id": "d1"},
     {"tenant-id": "ACKNOW", "device-id": "d1"},
+    {"tenant-id": "NEVERACK", "device-id": "d1"},
     {"tenant-id": "LIMITED", "device-id": "d1"}
   ],
   "credentials": [
@@ -54,6 +57,8 @@ pub(crate) const REGISTRY: &str = r#"{
     {"tenant-id": "NOADAPTER", "device-id": "d1", "type": "psk", "auth-id": "d1",
      "secrets": [{"key": "aG9uby1zZWNyZXQ="}]},
     {"tenant-id": "ACKNOW", "device-id": "d1", "type": "psk", "auth-id": "d1",
+     "secrets": [{"key": "aG9uby1zZWNyZXQ="}]},
+    {"tenant-id": "NEVERACK", "device-id": "d1", "type": "psk", "auth-id": "d1",
      "secrets": [{"key": "aG9uby1zZWNyZXQ="}]},
     {"tenant-id": "LIMITED", "device-id": "d1", "type": "psk", "auth-id": "d1",
      "secrets": [{"key": "aG9uby1zZWNyZXQ="}]}
