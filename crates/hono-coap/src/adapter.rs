@@ -534,13 +534,10 @@ impl HonoAdapter {
 
         // Subscribe before forwarding, so that an application reacting to
         // the message at once finds the device waiting.
-        let mut subscriptions = Vec::new();
-        if ttd.is_some() {
-            match self.subscribe(target, &authorized).await {
-                Ok(subs) => subscriptions = subs,
-                Err(e) => return Err(e),
-            }
-        }
+        let mut subscriptions = match ttd {
+            Some(_) => self.subscribe(target, &authorized).await?,
+            None => Vec::new(),
+        };
         let sent = match resource {
             Resource::Event => self.downstream.send_event(message).await,
             _ => {
