@@ -649,9 +649,26 @@ impl Gateway {
             (sessions, idle)
         };
         let ended = sessions.len();
+        // One pass over the observers for all expired sessions (many may
+        // expire at once).
+        let mut observers: HashMap<String, Vec<SubscriberId>> = sessions
+            .iter()
+            .map(|s| (s.client.clientid.clone().unwrap_or_default(), Vec::new()))
+            .collect();
+        if !observers.is_empty() {
+            let state = self.state();
+            for (id, o) in &state.observers {
+                if let Some(list) = o.session.as_ref().and_then(|c| observers.get_mut(c)) {
+                    list.push(*id);
+                }
+            }
+        }
         for session in sessions {
-            self.end_session(
+            let clientid = session.client.clientid.clone().unwrap_or_default();
+            let subscribers = observers.remove(&clientid).unwrap_or_default();
+            self.end_session_with(
                 session,
+                subscribers,
                 "heartbeat expired",
                 Ending::Final(Code::UNAUTHORIZED, "session expired"),
             )
@@ -1404,7 +1421,25 @@ impl Gateway {
     /// Ends a session that is already out of the table.
     async fn end_session(&self, session: Session, why: &'static str, ending: Ending) {
         let clientid = session.client.clientid.clone().unwrap_or_default();
-        for (subscriber, _) in self.session_observers(&clientid) {
+        let subscribers = self
+            .session_observers(&clientid)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        self.end_session_with(session, subscribers, why, ending)
+            .await;
+    }
+
+    /// Ends a session that is out of the table, with its observers.
+    async fn end_session_with(
+        &self,
+        session: Session,
+        subscribers: Vec<SubscriberId>,
+        why: &'static str,
+        ending: Ending,
+    ) {
+        let clientid = session.client.clientid.clone().unwrap_or_default();
+        for subscriber in subscribers {
             self.release(subscriber, ending).await;
         }
         self.inner.broker.disconnect_client(&session.client).await;

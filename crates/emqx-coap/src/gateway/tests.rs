@@ -1146,3 +1146,31 @@ fn content_types_map_to_registered_formats_only() {
     );
     assert_eq!(content_format_for("application/x-unknown"), None);
 }
+
+#[tokio::test]
+async fn many_sessions_expire_together_each_with_its_own_subscriptions() {
+    let f = fixture(GatewaySettings {
+        heartbeat: Duration::from_secs(10),
+        ..connection_mode()
+    });
+    let t0 = Instant::now();
+    for (i, at) in [(1u16, t0), (2, t0), (3, t0 + Duration::from_secs(10))] {
+        let clientid = format!("s{i}");
+        let token = f.connect(&peer(i), &clientid, at).await;
+        let q = [format!("clientid={clientid}"), format!("token={token}")];
+        let r = f
+            .at(
+                &peer(i),
+                req(Code::GET, &format!("ps/many/{i}"), &[&q[0], &q[1]]).with_observe(0),
+                at,
+            )
+            .await;
+        assert_eq!(r.response.code, Code::CONTENT);
+    }
+    assert_eq!(f.gateway.expire_at(t0 + Duration::from_secs(16)).await, 2);
+    assert_eq!(f.subscribers_of("many/1"), 0);
+    assert_eq!(f.subscribers_of("many/2"), 0);
+    assert_eq!(f.subscribers_of("many/3"), 1);
+    assert_eq!(f.gateway.session_count(), 1);
+    assert_eq!(f.gateway.observer_count(), 1);
+}
