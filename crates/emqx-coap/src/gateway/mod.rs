@@ -1376,20 +1376,16 @@ impl Gateway {
     async fn release(&self, subscriber: SubscriberId, ending: Ending) {
         let observer = {
             let mut state = self.state();
-            let observer = state.observers.remove(&subscriber);
-            if let Some(relation) = observer.as_ref().and_then(|o| o.relation) {
-                let key = (
-                    observer.as_ref().map_or(ListenerId(0), |o| o.listener),
-                    relation,
-                );
+            let Some(observer) = state.observers.remove(&subscriber) else {
+                return;
+            };
+            if let Some(relation) = observer.relation {
+                let key = (observer.listener, relation);
                 if state.relations.get(&key) == Some(&subscriber) {
                     state.relations.remove(&key);
                 }
             }
             observer
-        };
-        let Some(observer) = observer else {
-            return;
         };
         self.unsubscribe(subscriber, &observer).await;
         if let (Some(relation), Some(handle)) =
