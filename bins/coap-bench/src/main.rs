@@ -20,6 +20,11 @@
 //!                     [--json] [--quiet]
 //! coap-bench request URI [--method …] [--payload …] [--non] [--observe 0] [--psk-…]
 //! coap-bench udp-echo [--listen 127.0.0.1:0] [--threads N]
+//! coap-bench mqtt-publish mqtt://HOST:PORT [--topic T] [--qos 0|1] [--clients N]
+//!                     [--payload-size 64] [--duration 10s] [--warmup 0s] [--json]
+//! coap-bench amqp-publish AMQP_URL [--exchange X] [--routing-key K] [--clients N]
+//!                     [--channels 1] [--payload-size 64] [--duration 10s] [--json]
+//! coap-bench amqp-consume AMQP_URL [--exchange X] [--routing-key K] [--duration D] [--json]
 //! ```
 //!
 //! - **load, closed loop** (default): each of `--clients` clients keeps one
@@ -66,6 +71,17 @@
 //! - A progress line per second on stderr; the summary on stdout, as text
 //!   or, with `--json`, one JSON object (fields documented in `report.rs`).
 //!
+//! The broker references measure what a plain client gets from the same
+//! broker at the same concurrency: **mqtt-publish** (rumqttc, MQTT 5, one
+//! connection per client, QoS 1 waits for PUBACK) and **amqp-publish**
+//! (lapin, one connection, confirm-mode channel, mandatory, each client
+//! waits for its confirm), both closed loop with the `load` JSON summary
+//! (`method` `PUBLISH`, `type` `QoS0`/`QoS1`/`confirm`, `responses_by_code`
+//! `ok`/`refused`). **amqp-consume** binds an exclusive queue to an
+//! exchange (declared direct and durable, like the Hono adapter's), prints
+//! `amqp-consume ready queue=NAME` once consuming and counts messages until
+//! SIGTERM/SIGINT or `--duration`.
+//!
 //! The **udp-echo** server reflects every datagram to its sender; a load run
 //! against it counts the reflected request (same message id and token) as
 //! the response, with code `0.01` etc.: the upper bound for any server on
@@ -75,13 +91,17 @@
 //!  main ─▶ load::main ─▶ lanes (lane.rs: one task per socket) ─▶ report.rs
 //!       ├▶ observe::run (observer lanes + a load run as publisher)
 //!       ├▶ request::main (one exchange)
-//!       └▶ echo::serve (threads with SO_REUSEPORT)
+//!       ├▶ echo::serve (threads with SO_REUSEPORT)
+//!       └▶ mqtt_publish / amqp ─▶ closed_loop::drive per client ─▶ Summary
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+mod amqp;
+mod closed_loop;
 mod echo;
 mod lane;
 mod load;
+mod mqtt_publish;
 mod observe;
 mod report;
 mod request;
@@ -120,6 +140,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:5683")]
         listen: SocketAddr,
     },
+    /// Publish to an MQTT broker with N plain MQTT clients (reference).
+    MqttPublish(mqtt_publish::MqttPublishArgs),
+    /// Publish to RabbitMQ with publisher confirms (reference).
+    AmqpPublish(amqp::AmqpPublishArgs),
+    /// Bind a queue to an exchange and count what arrives.
+    AmqpConsume(amqp::AmqpConsumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +161,9 @@ fn main() -> ExitCode {
                 match command {
                     Command::Load(args) => load::main(args).await.map(|()| 0),
                     Command::Request(args) => request::main(args).await,
+                    Command::MqttPublish(args) => mqtt_publish::main(args).await.map(|()| 0),
+                    Command::AmqpPublish(args) => amqp::publish_main(args).await.map(|()| 0),
+                    Command::AmqpConsume(args) => amqp::consume_main(args).await.map(|()| 0),
                     Command::UdpEcho { .. } => Ok(0),
                 }
             })

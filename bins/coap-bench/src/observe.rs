@@ -210,6 +210,7 @@ pub(crate) async fn run(
     });
 
     // Registration phase: until every observer is registered or failed.
+    let registration_start = Instant::now();
     let registration_limit = Instant::now() + req.timeout + Duration::from_millis(100);
     while shared.registered.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)
         < observers as u64
@@ -218,6 +219,13 @@ pub(crate) async fn run(
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Scripts wait for this line before sampling the server's memory.
+    eprintln!(
+        "coap-bench: {} observer(s) registered, {} failed, in {} ms",
+        shared.registered.load(Ordering::Relaxed),
+        shared.failed.load(Ordering::Relaxed),
+        registration_start.elapsed().as_millis()
+    );
     let duration = args.duration.unwrap_or(Duration::from_secs(10));
     let publish = if let Some(rate) = args.publish_rate {
         let shape = RequestShape {
