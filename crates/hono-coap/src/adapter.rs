@@ -14,16 +14,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use coap_endpoint::coap_codec::{Code, ContentFormat, Message, MessageType, OptionNumber};
-use coap_endpoint::{AckTimeout, IncomingRequestHandle, response};
+use coap_endpoint::{AckTimeout, IncomingRequestHandle, Peer, response};
 use tokio::sync::watch;
 
 use crate::authorization::{Authorized, authorize};
+use crate::clients::{ClientTable, ClientTransport, CommandWaitGuard, DEFAULT_MAX_CLIENTS};
 use crate::downstream::{
     Command, CommandResponse, CommandSubscription, Downstream, DownstreamMessage, Qos,
 };
@@ -67,6 +69,9 @@ pub struct AdapterSettings {
     /// Entries of the "which gateway did device D last send through" map.
     /// Default 100 000.
     pub max_gateway_routes: usize,
+    /// Capacity of the table of known clients (the management API's
+    /// view); the longest idle is evicted when full. Default 100 000.
+    pub max_clients: usize,
 }
 
 impl Default for AdapterSettings {
@@ -76,6 +81,7 @@ impl Default for AdapterSettings {
             timeout_to_ack_ms: 500,
             psk_separator: DEFAULT_PSK_SEPARATOR,
             max_gateway_routes: 100_000,
+            max_clients: DEFAULT_MAX_CLIENTS,
         }
     }
 }
@@ -140,6 +146,7 @@ pub struct HonoAdapter {
     gateway_routes: Mutex<GatewayRoutes>,
     observer: Arc<dyn AdapterObserver>,
     stopping: watch::Sender<bool>,
+    clients: Arc<ClientTable>,
 }
 
 impl std::fmt::Debug for HonoAdapter {
@@ -215,6 +222,7 @@ impl HonoAdapter {
             downstream,
             meter: DataVolumeMeter::new(),
             gateway_routes: Mutex::new(GatewayRoutes::new(settings.max_gateway_routes)),
+            clients: Arc::new(ClientTable::new(settings.max_clients)),
             settings,
             observer: Arc::new(NoObserver),
             stopping: watch::Sender::new(false),
@@ -225,6 +233,12 @@ impl HonoAdapter {
     pub fn with_observer(mut self, observer: Arc<dyn AdapterObserver>) -> Self {
         self.observer = observer;
         self
+    }
+
+    /// The known clients: who sent from which address, and their open
+    /// command waits (for a management API; see [`ClientTable`]).
+    pub fn clients(&self) -> &Arc<ClientTable> {
+        &self.clients
     }
 
     /// The settings in use.
@@ -248,7 +262,7 @@ impl HonoAdapter {
             ..
         } = request;
         let answer = self
-            .handle(peer.identity.as_deref(), &message, &|timeout| {
+            .handle_from(Some(&peer), &message, &|timeout| {
                 responder.set_ack_timeout(timeout)
             })
             .await;
@@ -268,7 +282,31 @@ impl HonoAdapter {
         request: &Message,
         set_ack_timeout: &(dyn Fn(AckTimeout) + Sync),
     ) -> Message {
-        let mut answer = match self.process(identity, request, set_ack_timeout).await {
+        self.respond(None, identity, request, set_ack_timeout).await
+    }
+
+    /// [`handle`](Self::handle) for a request from `peer` (its identity is
+    /// the DTLS PSK identity): also records the client in
+    /// [`clients`](Self::clients), so it can be listed and kicked.
+    pub async fn handle_from(
+        &self,
+        peer: Option<&Peer>,
+        request: &Message,
+        set_ack_timeout: &(dyn Fn(AckTimeout) + Sync),
+    ) -> Message {
+        let identity = peer.and_then(|p| p.identity.as_deref());
+        self.respond(peer.map(|p| p.addr), identity, request, set_ack_timeout)
+            .await
+    }
+
+    async fn respond(
+        &self,
+        peer: Option<SocketAddr>,
+        identity: Option<&[u8]>,
+        request: &Message,
+        set_ack_timeout: &(dyn Fn(AckTimeout) + Sync),
+    ) -> Message {
+        let mut answer = match self.process(peer, identity, request, set_ack_timeout).await {
             Ok(answer) => answer,
             Err(rejection) => {
                 tracing::debug!(%rejection, "request rejected");
@@ -288,6 +326,7 @@ impl HonoAdapter {
 
     async fn process(
         &self,
+        peer: Option<SocketAddr>,
         identity: Option<&[u8]>,
         request: &Message,
         set_ack_timeout: &(dyn Fn(AckTimeout) + Sync),
@@ -314,6 +353,9 @@ impl HonoAdapter {
         let (target, request_id) = self
             .target(identity, code == Code::PUT, resource, &rest)
             .await?;
+        if let Some(peer) = peer {
+            self.record_client(peer, identity, &target);
+        }
         let confirmable = request.mtype == MessageType::Con;
         if resource != Resource::Telemetry && !confirmable {
             return Err(RequestRejected::NotConfirmable(resource.name()));
@@ -330,8 +372,15 @@ impl HonoAdapter {
                 .await
             }
             Resource::Telemetry | Resource::Event => {
-                self.upload(request, resource, long_names, &target, set_ack_timeout)
-                    .await
+                self.upload(
+                    peer,
+                    request,
+                    resource,
+                    long_names,
+                    &target,
+                    set_ack_timeout,
+                )
+                .await
             }
         }
     }
@@ -423,6 +472,36 @@ impl HonoAdapter {
         Ok((target, request_id))
     }
 
+    /// Notes the request in the client table: the authenticated device
+    /// (for a gateway: the gateway) with its auth-id, or on plain UDP the
+    /// device the URI names.
+    fn record_client(&self, peer: SocketAddr, identity: Option<&[u8]>, target: &Target) {
+        let now = std::time::Instant::now();
+        match identity {
+            Some(identity) => {
+                let auth_id = PskIdentity::parse(identity, self.settings.psk_separator)
+                    .ok()
+                    .map(|p| p.auth_id);
+                self.clients.touch(
+                    peer,
+                    ClientTransport::Dtls,
+                    &target.tenant_id,
+                    own_device(target),
+                    auth_id,
+                    now,
+                );
+            }
+            None => self.clients.touch(
+                peer,
+                ClientTransport::Udp,
+                &target.tenant_id,
+                &target.device_id,
+                None,
+                now,
+            ),
+        }
+    }
+
     /// Tenant and device of a DTLS PSK identity.
     async fn identify(&self, identity: &[u8]) -> Result<(String, String), RequestRejected> {
         let parsed = PskIdentity::parse(identity, self.settings.psk_separator)
@@ -467,6 +546,7 @@ impl HonoAdapter {
 
     async fn upload(
         &self,
+        peer: Option<SocketAddr>,
         request: &Message,
         resource: Resource,
         long_names: bool,
@@ -558,9 +638,19 @@ impl HonoAdapter {
 
         let mut answer = response(Code::CHANGED);
         if let Some(ttd) = ttd {
+            let ttd = Duration::from_secs(u64::from(ttd));
+            let mut registration = peer.and_then(|peer| {
+                let devices = subscriptions
+                    .iter()
+                    .map(|s| s.device_id().to_owned())
+                    .collect();
+                self.clients
+                    .begin_wait(peer, devices, std::time::Instant::now(), ttd)
+            });
             let command = self
-                .wait_for_command(&mut subscriptions, Duration::from_secs(u64::from(ttd)))
+                .wait_for_command(&mut subscriptions, ttd, registration.as_mut())
                 .await;
+            drop(registration);
             self.unsubscribe(subscriptions).await;
             if let Some(command) = command {
                 let addressing = if target.unauthenticated {
@@ -635,11 +725,13 @@ impl HonoAdapter {
     }
 
     /// The first command on any subscription within `ttd`; `None` when the
-    /// time is up, every subscription ended, or the adapter shuts down.
+    /// time is up, every subscription ended, the client was kicked, or the
+    /// adapter shuts down.
     async fn wait_for_command(
         &self,
         subscriptions: &mut [CommandSubscription],
         ttd: Duration,
+        registration: Option<&mut CommandWaitGuard>,
     ) -> Option<Command> {
         let mut open = vec![true; subscriptions.len()];
         let first = poll_fn(|cx| {
@@ -661,9 +753,19 @@ impl HonoAdapter {
             }
         });
         let mut stopping = self.stopping.subscribe();
+        let kicked = async {
+            match registration {
+                Some(registration) => registration.kicked().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             command = tokio::time::timeout(ttd, first) => command.ok().flatten(),
             _ = stopping.wait_for(|s| *s) => None,
+            () = kicked => {
+                tracing::debug!("command wait ended: client kicked");
+                None
+            }
         }
     }
 

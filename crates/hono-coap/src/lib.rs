@@ -16,7 +16,10 @@
 //!   `command_response`/`cr` with Hono's URI shapes, response codes,
 //!   payload rules, `hono-ttd` command delivery, `timeoutToAck` and the
 //!   server-time option, on top of `coap-endpoint`'s server; every rejection
-//!   maps to its CoAP code in one place ([`RequestRejected::code`]).
+//!   maps to its CoAP code in one place ([`RequestRejected::code`]);
+//! - the bounded table of known clients ([`ClientTable`]: tenant, device,
+//!   auth-id, address, last activity, open command waits; kick), which a
+//!   management API reads.
 //!
 //! What it is not for: the CoAP message layer and DTLS (`coap-endpoint`,
 //! `coap-dtls`), process concerns such as flags, signals and metrics
@@ -56,6 +59,7 @@
 mod adapter;
 mod amqp;
 mod authorization;
+mod clients;
 mod downstream;
 mod file_registry;
 mod in_process;
@@ -72,6 +76,10 @@ pub use adapter::{
 };
 pub use amqp::{AmqpConfig, AmqpConfigError, AmqpDownstream};
 pub use authorization::{AuthorizationError, Authorized, authorize};
+pub use clients::{
+    ClientInfo, ClientPage, ClientQuery, ClientTable, ClientTransport, CommandWaitGuard,
+    CommandWaitInfo, DEFAULT_MAX_CLIENTS,
+};
 pub use downstream::{
     Command, CommandResponse, CommandSubscription, Downstream, DownstreamError, DownstreamFuture,
     DownstreamMessage, EndpointKind, ORIG_ADAPTER, Qos,

@@ -1018,3 +1018,85 @@ async fn odd_paths() {
         Code::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn clients_are_recorded_listed_and_kicked_out_of_their_wait() {
+    let f = fixture();
+    let _telemetry = f.downstream.consume_telemetry(T);
+    let gw_peer = Peer::authenticated(
+        "127.0.0.1:40001".parse().unwrap(),
+        &b"gw@DEFAULT_TENANT"[..],
+    );
+    let udp_peer = Peer::new("127.0.0.1:40002".parse().unwrap());
+    // The gateway sends for 4711 (so it also waits for 4711 later); a
+    // plain-UDP device sends for itself; a rejected URI records nothing.
+    let answer = f
+        .adapter
+        .handle_from(Some(&gw_peer), &put("/t//4711", "x"), &|_| {})
+        .await;
+    assert_eq!(answer.code, Code::CHANGED);
+    let answer = f
+        .adapter
+        .handle_from(
+            Some(&udp_peer),
+            &put("/t/DEFAULT_TENANT/plain", "x"),
+            &|_| {},
+        )
+        .await;
+    assert_eq!(answer.code, Code::CHANGED);
+    let stranger = Peer::new("127.0.0.1:40003".parse().unwrap());
+    let _ = f
+        .adapter
+        .handle_from(Some(&stranger), &put("/nothing", "x"), &|_| {})
+        .await;
+    let clients = f.adapter.clients();
+    assert_eq!(clients.len(), 2);
+    let gw = clients.find(T, "gw-1").unwrap();
+    assert_eq!(gw.auth_id.as_deref(), Some("gw"));
+    assert_eq!(gw.transport, ClientTransport::Dtls);
+    assert_eq!(gw.peer, gw_peer.addr);
+    let plain = clients.find(T, "plain").unwrap();
+    assert_eq!(
+        (plain.transport, plain.auth_id),
+        (ClientTransport::Udp, None)
+    );
+
+    // The gateway waits for itself and its device; the kick ends the wait
+    // at once (no command) and unsubscribes.
+    let adapter = f.adapter.clone();
+    let waiting = tokio::spawn(async move {
+        adapter
+            .handle_from(Some(&gw_peer), &post("/t?hono-ttd=30", "x"), &|_| {})
+            .await
+    });
+    wait_subscribed(&f, T, "4711").await;
+    let mut waits = None;
+    for _ in 0..1000 {
+        waits = clients.command_waits(T, "gw-1").filter(|w| !w.is_empty());
+        if waits.is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let waits = waits.expect("wait not registered");
+    assert_eq!(waits[0].devices, ["gw-1", "4711"]);
+    assert!(clients.kick(T, "gw-1").is_some());
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("kick did not end the wait")
+        .unwrap();
+    assert_eq!(answer.code, Code::CHANGED);
+    assert!(answer.option(OptionNumber::LOCATION_QUERY).is_none());
+    assert!(!f.downstream.is_device_waiting(T, "4711"));
+    assert!(!f.downstream.is_device_waiting(T, "gw-1"));
+    assert!(clients.find(T, "gw-1").is_none());
+}
+
+#[test]
+fn client_table_capacity_comes_from_the_settings() {
+    let settings = AdapterSettings {
+        max_clients: 7,
+        ..AdapterSettings::default()
+    };
+    assert_eq!(fixture_with(settings).adapter.clients().capacity(), 7);
+}
