@@ -98,7 +98,7 @@ impl Default for Config {
 /// `mqtt/connection` resource gives connection-mode sessions. Broker:
 /// embedded (default) or an external MQTT broker.
 ///
-/// Every flag can also be set as COAP_EMQX_<FLAG> (e.g. COAP_EMQX_BROKER)
+/// Every flag can also be set as `COAP_EMQX_<FLAG>` (e.g. `COAP_EMQX_BROKER`)
 /// or in the TOML file given with --config (keys as the flags, with `_`).
 #[derive(Debug, clap::Parser, Serialize)]
 #[command(name = "coap-emqx-gateway", version)]
