@@ -49,6 +49,9 @@ pub(crate) struct Config {
     pub(crate) max_block_size: ByteSize,
     /// Largest request body (Block1 reassembled) and publish payload.
     pub(crate) max_body_size: ByteSize,
+    /// Remember successful per-request authentications this long; none =
+    /// verify the hash on every request.
+    pub(crate) auth_cache_ttl: Option<HumanDuration>,
     /// Idle lifetime of connectionless observers; none = unlimited.
     pub(crate) observe_idle_lifetime: Option<HumanDuration>,
     /// Node name for `$SYS/brokers/<node>/gateway/coap/clients/...` events.
@@ -83,6 +86,7 @@ impl Default for Config {
             auth_file: None,
             max_block_size: ByteSize(1024),
             max_body_size: ByteSize(4 * 1024 * 1024),
+            auth_cache_ttl: None,
             observe_idle_lifetime: None,
             presence_node: None,
             shutdown_grace: HumanDuration(Duration::from_secs(5)),

@@ -248,6 +248,7 @@ fn gateway_settings(config: &Config) -> anyhow::Result<GatewaySettings> {
     settings.mountpoint = Mountpoint::new(config.mountpoint.clone());
     settings.max_payload_size = config.max_body_size.as_usize();
     settings.observe_idle_lifetime = config.observe_idle_lifetime.map(|d| d.get());
+    settings.auth_cache_ttl = config.auth_cache_ttl.map(|d| d.get());
     settings.presence_node = config.presence_node.clone();
     Ok(settings)
 }
