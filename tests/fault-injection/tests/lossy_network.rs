@@ -1,0 +1,258 @@
+//! The EMQX-mode gateway on mosquitto with its clients behind a lossy link
+//! (20 % loss each way, duplicates, delays that reorder; seeded RNG):
+//! every CON publish that got 2.04 reaches the broker exactly as sent, and
+//! an observer gets every QoS 1 notification — or, if a CON notification
+//! is never acknowledged, the relation is removed (RFC 7641 §4.5), never
+//! left silently stuck.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coap_endpoint::coap_codec::{Code, MessageType};
+use fault_injection_tests::{
+    CoapClient, GatewayProcess, LinkConfig, LossyLink, MqttWitness, Tally, mqtt_url, unique,
+};
+
+const LOSSY: LinkConfig = LinkConfig {
+    loss: 0.2,
+    duplicate: 0.05,
+    max_delay: Duration::from_millis(40),
+};
+
+fn gateway(broker: &str) -> GatewayProcess {
+    GatewayProcess::start(
+        "coap-emqx-gateway",
+        &[
+            "--udp",
+            "127.0.0.1:0",
+            "--broker",
+            broker,
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &["udp", "http"],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn con_publishes_through_a_lossy_link_reach_the_broker_at_least_once() {
+    let url = mqtt_url();
+    let mut gw = gateway(&url);
+    let prefix = format!("fault/lossy/{}", unique());
+    let tally = Arc::new(Tally::default());
+    let _witness = MqttWitness::start(&url, &format!("{prefix}/#"), tally.clone()).await;
+    let seed = 0x5eed_0001;
+    let link = Arc::new(LossyLink::start(gw.addr("udp"), LOSSY, seed).await);
+
+    const CLIENTS: usize = 6;
+    const PER_CLIENT: usize = 40;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (link, tally, prefix) = (link.clone(), tally.clone(), prefix.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = CoapClient::new(link.addr()).await;
+            let mut retransmissions = 0;
+            for seq in 0..PER_CLIENT {
+                let topic = format!("{prefix}/c{c}");
+                // A recognisable body with every byte value class in it.
+                let payload = format!("c{c}-{seq}-{}", "x".repeat(seq * 7 % 200));
+                let request = client
+                    .build(
+                        MessageType::Con,
+                        Code::POST,
+                        &format!("ps/{topic}"),
+                        &["qos=1"],
+                    )
+                    .with_payload(payload.clone().into_bytes());
+                tally.sent();
+                let exchange = client.request(request).await;
+                retransmissions += exchange.transmissions - 1;
+                let key = format!("{topic} {payload}");
+                match exchange.code() {
+                    Some(code) => tally.answered(&key, &code.to_string(), code == Code::CHANGED),
+                    None => tally.answered(&key, "none", false),
+                }
+            }
+            retransmissions
+        }));
+    }
+    let mut client_retransmissions = 0;
+    for t in tasks {
+        client_retransmissions += t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    // The broker delivers to the witness within a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tally.figures().lost.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let figures = tally.figures();
+    println!(
+        "FIGURES lossy_publish seed={seed:#x} clients={CLIENTS} {} client_retransmissions={client_retransmissions} {} gateway_dedup_hits={} elapsed={elapsed:?}",
+        figures.line(),
+        link.stats.summary(),
+        gw.metric("coap_dedup_hits"),
+    );
+    assert!(
+        figures.lost.is_empty(),
+        "acknowledged publishes lost: {:?}",
+        figures.lost
+    );
+    // Only 2.04 (or no answer after all retransmissions) is a valid end.
+    for code in figures.codes.keys() {
+        assert!(code == "2.04" || code == "none", "{:?}", figures.codes);
+    }
+    assert!(
+        figures.acknowledged as usize >= CLIENTS * PER_CLIENT * 95 / 100,
+        "{}",
+        figures.line()
+    );
+    assert!(
+        link.stats
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    gw.assert_alive();
+}
+
+/// Observer behind the lossy link; publisher on a clean path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_behind_a_lossy_link_gets_every_qos1_notification_or_loses_the_relation() {
+    let url = mqtt_url();
+    let mut gw = gateway(&url);
+    let topic = format!("fault/lossy-observe/{}", unique());
+    let seed = 0x5eed_0002;
+    let link = LossyLink::start(gw.addr("udp"), LOSSY, seed).await;
+    let observer = CoapClient::new(link.addr()).await;
+    let publisher = CoapClient::new(gw.addr("udp")).await;
+
+    let register = observer
+        .build(
+            MessageType::Con,
+            Code::GET,
+            &format!("ps/{topic}"),
+            &["qos=1"],
+        )
+        .with_observe(0);
+    observer.observe_token(&register.token);
+    let token = register.token.clone();
+    let response = observer.request(register).await;
+    assert_eq!(response.code(), Some(Code::CONTENT), "{response:?}");
+    // the broker subscription is in place once the 2.05 came
+    let publish = |body: String| {
+        let m = publisher
+            .build(
+                MessageType::Con,
+                Code::POST,
+                &format!("ps/{topic}"),
+                &["qos=1"],
+            )
+            .with_payload(body.into_bytes());
+        publisher.request(m)
+    };
+
+    // Phase 1: one message at a time; each must arrive, unless the
+    // gateway gave up on a CON notification and removed the relation.
+    const SEQUENTIAL: usize = 10;
+    let mut received = Vec::<String>::new();
+    let mut seen_mids = HashSet::new();
+    let mut duplicate_copies = 0;
+    let mut removed = false;
+    let started = Instant::now();
+    'outer: for i in 0..SEQUENTIAL {
+        let body = format!("seq-{i}");
+        assert_eq!(publish(body.clone()).await.code(), Some(Code::CHANGED));
+        // The gateway retransmits a CON notification for up to ~93 s.
+        let deadline = Instant::now() + Duration::from_secs(100);
+        loop {
+            let Some(n) = observer.notification(Duration::from_millis(500)).await else {
+                if Instant::now() > deadline {
+                    removed = true;
+                    break 'outer;
+                }
+                continue;
+            };
+            assert_eq!(n.token, token);
+            assert_eq!(n.mtype, MessageType::Con, "QoS 1 notifications are CON");
+            if !seen_mids.insert(n.message_id) {
+                duplicate_copies += 1;
+                continue;
+            }
+            let payload = String::from_utf8_lossy(&n.payload).into_owned();
+            let done = payload == body;
+            received.push(payload);
+            if done {
+                break;
+            }
+        }
+    }
+    let sequential_time = started.elapsed();
+    if removed {
+        // Never silently stuck: the relation is gone at the gateway.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.metric("emqx_coap_observers") > 0.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(gw.metric("emqx_coap_observers"), 0.0, "relation stuck");
+        println!(
+            "FIGURES lossy_observe seed={seed:#x} relation_removed_after={} notifications {}",
+            received.len(),
+            link.stats.summary()
+        );
+        gw.assert_alive();
+        return;
+    }
+    let expected: Vec<String> = (0..SEQUENTIAL).map(|i| format!("seq-{i}")).collect();
+    assert_eq!(received, expected, "every QoS 1 notification, in order");
+
+    // Phase 2: a burst faster than the link can carry CON notifications:
+    // queued older notifications of the relation may be replaced by newer
+    // ones (RFC 7641 §4.5.2), but the newest state always arrives.
+    const BURST: usize = 30;
+    for i in 0..BURST {
+        assert_eq!(
+            publish(format!("burst-{i}")).await.code(),
+            Some(Code::CHANGED)
+        );
+    }
+    let last = format!("burst-{}", BURST - 1);
+    let mut burst_received = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(100);
+    while !burst_received.contains(&last) {
+        let Some(n) = observer.notification(Duration::from_millis(500)).await else {
+            if Instant::now() > deadline {
+                assert_eq!(gw.metric("emqx_coap_observers"), 0.0, "relation stuck");
+                removed = true;
+                break;
+            }
+            continue;
+        };
+        if !seen_mids.insert(n.message_id) {
+            duplicate_copies += 1;
+            continue;
+        }
+        let p = String::from_utf8_lossy(&n.payload).into_owned();
+        assert!(p.starts_with("burst-"), "{p}");
+        burst_received.insert(p);
+    }
+    println!(
+        "FIGURES lossy_observe seed={seed:#x} sequential_delivered={}/{SEQUENTIAL} in {sequential_time:?} burst_published={BURST} burst_delivered={} burst_superseded={} last_delivered={} duplicate_copies_absorbed={duplicate_copies} gateway_retransmissions={} {}",
+        received.len(),
+        burst_received.len(),
+        BURST - burst_received.len(),
+        !removed,
+        gw.metric("coap_retransmissions"),
+        link.stats.summary()
+    );
+    gw.assert_alive();
+}
