@@ -38,7 +38,9 @@ pub(crate) struct Config {
     pub(crate) psk_separator: char,
     /// How long in-flight requests may take after SIGINT/SIGTERM.
     pub(crate) shutdown_grace: HumanDuration,
-    /// Metrics/health HTTP server; off unless set.
+    /// Capacity of the table of known clients (management API).
+    pub(crate) max_clients: usize,
+    /// Metrics/health/management HTTP server; off unless set.
     pub(crate) http: Option<SocketAddr>,
     /// Log level or filter.
     pub(crate) log: Option<String>,
@@ -60,6 +62,7 @@ impl Default for Config {
             confirm_timeout: HumanDuration(std::time::Duration::from_secs(2)),
             psk_separator: '@',
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(5)),
+            max_clients: hono_coap::DEFAULT_MAX_CLIENTS,
             http: None,
             log: None,
             log_format: LogFormat::Text,
@@ -72,7 +75,8 @@ impl Default for Config {
 /// north-bound side is RabbitMQ (AMQP 0-9-1).
 ///
 /// Every flag can also be set as COAP_HONO_<FLAG> (e.g. COAP_HONO_AMQP) or
-/// in the TOML file given with --config (keys as the flags, with `_`).
+/// in the TOML file given with --config (keys as the flags, with `_`);
+/// flags win over the environment, which wins over the file.
 #[derive(Debug, clap::Parser, Serialize)]
 #[command(name = "coap-hono-adapter", version)]
 pub(crate) struct Cli {
@@ -90,17 +94,20 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) insecure_udp: Option<SocketAddr>,
-    /// RabbitMQ URL, amqp://USER:PASS@HOST:PORT/VHOST. Without it,
-    /// telemetry and events are printed to stdout as JSON lines.
+    /// RabbitMQ URL, amqp://USER:PASS@HOST:PORT/VHOST (amqps:// for TLS;
+    /// the password is never logged or printed). Without it, telemetry and
+    /// events are printed to stdout as JSON lines and commands are off.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) amqp: Option<SecretUrl>,
     /// Prefix of the exchanges ({prefix}.telemetry, .event, .command,
-    /// .command_response) [default: hono].
+    /// .command_response); instances that share a prefix on one RabbitMQ
+    /// cluster share commands [default: hono].
     #[arg(long, value_name = "PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) exchange_prefix: Option<String>,
-    /// Largest accepted request body; larger gets 4.13 [default: 2048].
+    /// Largest accepted request body, e.g. 2048, 4KiB; larger gets 4.13
+    /// (block-wise transfers included) [default: 2048].
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_payload_size: Option<ByteSize>,
@@ -110,6 +117,33 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) timeout_to_ack: Option<TimeoutToAck>,
+    /// How often the registry file is checked for changes (it is also
+    /// reloaded on SIGHUP); a file that does not parse keeps the previous
+    /// registry [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) registry_poll_interval: Option<HumanDuration>,
+    /// How long a CON telemetry or event waits for RabbitMQ's publisher
+    /// confirm before the device gets 5.03 [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) confirm_timeout: Option<HumanDuration>,
+    /// Character between auth-id and tenant in a PSK identity
+    /// (`sensor1@DEFAULT_TENANT`) [default: @].
+    #[arg(long, value_name = "CHAR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) psk_separator: Option<char>,
+    /// After SIGINT/SIGTERM: how long in-flight requests may still take
+    /// before the process exits anyway [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) shutdown_grace: Option<HumanDuration>,
+    /// Most clients the management API's table holds (the longest idle is
+    /// dropped from the table when full; the device is not affected)
+    /// [default: 100000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_clients: Option<usize>,
     /// Operations flags.
     #[command(flatten)]
     #[serde(flatten)]

@@ -5,8 +5,9 @@
 //! (`gateway-kit`), the device registry file and the CoAP resources
 //! (`hono-coap`), the DTLS-PSK and plain-UDP CoAP servers
 //! (`coap-endpoint` over `coap-dtls`), the downstream (RabbitMQ via
-//! `--amqp`, else JSON lines on stdout), the metrics/health HTTP server and
-//! signal handling.
+//! `--amqp`, else JSON lines on stdout), signal handling, and the `--http`
+//! server: metrics, health, readiness and the management API (`api`: list,
+//! search and kick clients, list their command waits).
 //!
 //! ```text
 //! device ─coaps (PSK from registry snapshot)─▶ DTLS server ─┐
@@ -19,6 +20,7 @@
 //! (`listening what=dtls addr=127.0.0.1:40312`); SIGINT/SIGTERM stop
 //! accepting, answer in-flight requests and exit 0.
 
+mod api;
 mod config;
 mod metrics;
 
@@ -104,6 +106,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
         s.max_payload_size = config.max_payload_size.as_usize();
         s.timeout_to_ack_ms = config.timeout_to_ack.0;
         s.psk_separator = config.psk_separator;
+        s.max_clients = config.max_clients;
         s
     };
     let observer = Arc::new(metrics::AdapterMetrics::register(&metrics)?);
@@ -157,6 +160,10 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     let http = match config.http {
         Some(addr) => {
             let running = HttpServer::new(metrics.clone(), readiness.clone())
+                .with_api(api::router(
+                    adapter.clients().clone(),
+                    dtls_transport.clone(),
+                ))
                 .start(addr, http_stop.clone())
                 .await
                 .with_context(|| format!("cannot serve HTTP on {addr}"))?;
