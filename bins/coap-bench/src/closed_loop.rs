@@ -199,7 +199,7 @@ mod tests {
         async fn run(&mut self) -> anyhow::Result<Outcome> {
             self.calls += 1;
             tokio::time::sleep(self.pause).await;
-            Ok(if self.calls % 3 == 0 {
+            Ok(if self.calls.is_multiple_of(3) {
                 Outcome::Refused
             } else {
                 Outcome::Ok
