@@ -194,9 +194,11 @@ impl PrivateRabbit {
         wait_port(self.port, Duration::from_secs(60), "private RabbitMQ");
     }
 
-    /// The node's Erlang VM processes (found by the unique node name in
-    /// their command line).
+    /// The node's Erlang VM processes, found by the unique node name in
+    /// their environment (`RABBITMQ_NODENAME`; the command line does not
+    /// carry it).
     fn vm_pids(&self) -> Vec<u32> {
+        let needle = format!("RABBITMQ_NODENAME={}", self.node);
         let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = entry
@@ -209,17 +211,17 @@ impl PrivateRabbit {
             let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
                 continue;
             };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_vm = args
-                .first()
+            let is_vm = cmdline
+                .split(|b| *b == 0)
+                .next()
                 .is_some_and(|a| a.ends_with(b"beam.smp") || a.ends_with(b"beam"));
-            let short = self.node.split('@').next().unwrap_or(&self.node).as_bytes();
-            let names_node = args.iter().any(|a| {
-                *a == self.node.as_bytes()
-                    || a.starts_with(short) && a.get(short.len()) == Some(&b'@')
-                    || *a == short
-            });
-            if is_vm && names_node {
+            if !is_vm {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
                 pids.push(pid);
             }
         }

@@ -23,6 +23,8 @@
 pub mod binaries;
 pub mod brokers;
 pub mod coap_client;
+pub mod hono_registry;
+pub mod load;
 pub mod lossy_link;
 pub mod process;
 pub mod tally;
@@ -30,6 +32,7 @@ pub mod tally;
 pub use binaries::gateway_binary;
 pub use brokers::{MqttWitness, PrivateMosquitto, PrivateRabbit, amqp_url, drain_queue, mqtt_url};
 pub use coap_client::{CoapClient, Exchange, RetryPolicy};
+pub use load::{Load, MakeRequest};
 pub use lossy_link::{LinkConfig, LinkStats, LossyLink};
 pub use process::GatewayProcess;
 pub use tally::{Figures, Tally};
