@@ -62,9 +62,18 @@ enum Op {
     Duplicate(u8),
     DeliverAll,
     Advance(u16),
-    Send { kind: ReqKind, confirmable: bool, body: u16 },
+    Send {
+        kind: ReqKind,
+        confirmable: bool,
+        body: u16,
+    },
     Answer(u8),
-    Notify { pick: u8, confirmable: bool, len: u16, end: bool },
+    Notify {
+        pick: u8,
+        confirmable: bool,
+        len: u16,
+        end: bool,
+    },
     Cancel(u8),
 }
 
@@ -158,7 +167,11 @@ impl Pair {
             server_peer: Peer::new("198.51.100.2:5683".parse().unwrap()),
             now: base(),
             link: VecDeque::new(),
-            answers: if input.answers.is_empty() { vec![Answer::Now] } else { input.answers.clone() },
+            answers: if input.answers.is_empty() {
+                vec![Answer::Now]
+            } else {
+                input.answers.clone()
+            },
             answer_turn: 0,
             next_n: 1,
             requests: HashMap::new(),
@@ -200,15 +213,25 @@ impl Pair {
             }
         }
         for (relation, _) in &self.relations {
-            assert!(self.server.relation_peer(*relation).is_some(), "{relation} vanished");
+            assert!(
+                self.server.relation_peer(*relation).is_some(),
+                "{relation} vanished"
+            );
         }
     }
 
     fn client_event(&mut self, event: Event) {
         match event {
-            Event::Response { request, peer, response } => {
+            Event::Response {
+                request,
+                peer,
+                response,
+            } => {
                 assert_eq!(peer, self.server_peer);
-                let t = self.requests.get_mut(&request).expect("response for an unknown request");
+                let t = self
+                    .requests
+                    .get_mut(&request)
+                    .expect("response for an unknown request");
                 assert!(!t.done, "response after the final event of {request}");
                 let keep = t.observe && response.code.class() == 2 && response.observe().is_some();
                 if response.code == Code::CONTENT || response.code == Code::CHANGED {
@@ -217,7 +240,9 @@ impl Pair {
                         response.payload.starts_with(prefix.as_bytes()),
                         "request n={} got {:?}",
                         t.n,
-                        String::from_utf8_lossy(&response.payload[..response.payload.len().min(40)])
+                        String::from_utf8_lossy(
+                            &response.payload[..response.payload.len().min(40)]
+                        )
                     );
                     if !t.observing && !keep && response.code == Code::CONTENT {
                         assert_eq!(
@@ -232,7 +257,10 @@ impl Pair {
                 t.observing |= keep;
             }
             Event::RequestFailed { request, .. } => {
-                let t = self.requests.get_mut(&request).expect("failure of an unknown request");
+                let t = self
+                    .requests
+                    .get_mut(&request)
+                    .expect("failure of an unknown request");
                 assert!(!t.done, "failure after the final event of {request}");
                 t.done = true;
             }
@@ -257,7 +285,11 @@ impl Pair {
                     .and_then(|v| v.parse().ok())
                     .expect("request states its length");
                 if req.message.code != Code::GET {
-                    assert_eq!(&req.message.payload[..], &pattern(n, len)[..], "request body of n={n} corrupted");
+                    assert_eq!(
+                        &req.message.payload[..],
+                        &pattern(n, len)[..],
+                        "request body of n={n} corrupted"
+                    );
                 }
                 let answer = self.answers[self.answer_turn % self.answers.len()];
                 self.answer_turn += 1;
@@ -267,7 +299,11 @@ impl Pair {
                     Answer::Later => self.deferred.push((req.id, n, req.observe_registration)),
                     Answer::AckTimeoutThenLater(ms) => {
                         self.server
-                            .set_ack_timeout(self.now, req.id, AckTimeout::from_millis(i64::from(ms)))
+                            .set_ack_timeout(
+                                self.now,
+                                req.id,
+                                AckTimeout::from_millis(i64::from(ms)),
+                            )
                             .expect("pending");
                         self.deferred.push((req.id, n, req.observe_registration));
                     }
@@ -278,7 +314,11 @@ impl Pair {
                 assert_eq!(peer, self.client_peer);
                 let before = self.relations.len();
                 self.relations.retain(|(r, _)| *r != relation);
-                assert_eq!(before, self.relations.len() + 1, "cancel event for unknown {relation}");
+                assert_eq!(
+                    before,
+                    self.relations.len() + 1,
+                    "cancel event for unknown {relation}"
+                );
             }
             other => panic!("unexpected server event {other:?}"),
         }
@@ -325,10 +365,16 @@ impl Pair {
     }
 
     fn deliver(&mut self, index: usize) {
-        let Some((side, bytes)) = self.link.remove(index) else { return };
+        let Some((side, bytes)) = self.link.remove(index) else {
+            return;
+        };
         match side {
-            Side::Server => self.server.handle_datagram(self.now, self.client_peer.clone(), &bytes),
-            Side::Client => self.client.handle_datagram(self.now, self.server_peer.clone(), &bytes),
+            Side::Server => self
+                .server
+                .handle_datagram(self.now, self.client_peer.clone(), &bytes),
+            Side::Client => self
+                .client
+                .handle_datagram(self.now, self.server_peer.clone(), &bytes),
         }
         self.pump();
     }
@@ -361,7 +407,11 @@ impl Pair {
                 let target = self.now + Duration::from_millis(u64::from(*ms) * 4);
                 self.advance(target);
             }
-            Op::Send { kind, confirmable, body } => {
+            Op::Send {
+                kind,
+                confirmable,
+                body,
+            } => {
                 if self.requests.values().filter(|t| !t.done).count() >= 16 {
                     return;
                 }
@@ -383,11 +433,19 @@ impl Pair {
                 if code != Code::GET {
                     req = req.with_payload(pattern(n, len));
                 }
-                let id = self
-                    .client
-                    .send_request(self.now, self.server_peer.clone(), req, *confirmable);
+                let id =
+                    self.client
+                        .send_request(self.now, self.server_peer.clone(), req, *confirmable);
                 if let Ok(id) = id {
-                    self.requests.insert(id, ClientTrack { n, observe, observing: false, done: false });
+                    self.requests.insert(
+                        id,
+                        ClientTrack {
+                            n,
+                            observe,
+                            observing: false,
+                            done: false,
+                        },
+                    );
                     self.order.push(id);
                 }
                 self.pump();
@@ -400,7 +458,12 @@ impl Pair {
                 self.answer(id, n, observe);
                 self.pump();
             }
-            Op::Notify { pick: i, confirmable, len, end } => {
+            Op::Notify {
+                pick: i,
+                confirmable,
+                len,
+                end,
+            } => {
                 if self.relations.is_empty() {
                     return;
                 }
@@ -408,7 +471,9 @@ impl Pair {
                 let code = if *end { Code::NOT_FOUND } else { Code::CONTENT };
                 let body = pattern(n, usize::from(*len) % 2000);
                 let msg = Message::new(MessageType::Non, code, 0).with_payload(body);
-                self.server.notify(self.now, relation, msg, *confirmable).expect("live relation");
+                self.server
+                    .notify(self.now, relation, msg, *confirmable)
+                    .expect("live relation");
                 if *end {
                     self.relations.retain(|(r, _)| *r != relation);
                 }
@@ -420,7 +485,11 @@ impl Pair {
                 }
                 let id = self.order[pick(*i, self.order.len())];
                 let t = self.requests.get_mut(&id).expect("tracked");
-                assert_eq!(self.client.cancel_request(id), !t.done, "cancel_request disagrees");
+                assert_eq!(
+                    self.client.cancel_request(id),
+                    !t.done,
+                    "cancel_request disagrees"
+                );
                 t.done = true;
             }
         }

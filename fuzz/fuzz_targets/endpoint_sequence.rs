@@ -67,19 +67,49 @@ struct Input {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Raw { peer: u8, bytes: Vec<u8> },
+    Raw {
+        peer: u8,
+        bytes: Vec<u8>,
+    },
     Msg(PeerMsg),
     Reply(Reply),
-    Advance { millis: u16, punctual: bool },
-    Sleep { secs: u8, punctual: bool },
+    Advance {
+        millis: u16,
+        punctual: bool,
+    },
+    Sleep {
+        secs: u8,
+        punctual: bool,
+    },
     Timeout,
-    Respond { pick: u8, msg: AppMsg },
-    SetAckTimeout { pick: u8, millis: i16 },
-    Notify { pick: u8, msg: AppMsg, confirmable: bool },
-    Send { peer: u8, req: AppReq, confirmable: bool },
-    Rebind { from: u8, to: u8 },
-    CancelRequest { pick: u8 },
-    CancelObserve { pick: u8 },
+    Respond {
+        pick: u8,
+        msg: AppMsg,
+    },
+    SetAckTimeout {
+        pick: u8,
+        millis: i16,
+    },
+    Notify {
+        pick: u8,
+        msg: AppMsg,
+        confirmable: bool,
+    },
+    Send {
+        peer: u8,
+        req: AppReq,
+        confirmable: bool,
+    },
+    Rebind {
+        from: u8,
+        to: u8,
+    },
+    CancelRequest {
+        pick: u8,
+    },
+    CancelObserve {
+        pick: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -237,7 +267,12 @@ fn peers() -> [Peer; 4] {
     let a: SocketAddr = "192.0.2.1:5683".parse().unwrap();
     let b: SocketAddr = "192.0.2.2:5683".parse().unwrap();
     let c: SocketAddr = "192.0.2.2:40000".parse().unwrap();
-    [Peer::new(a), Peer::new(b), Peer::new(c), Peer::authenticated(a, &b"dev"[..])]
+    [
+        Peer::new(a),
+        Peer::new(b),
+        Peer::new(c),
+        Peer::authenticated(a, &b"dev"[..]),
+    ]
 }
 
 fn with_extra(mut m: Message, extra: Option<(u16, u8)>) -> Message {
@@ -351,14 +386,16 @@ impl Harness {
         // A confirmable message with a message id this peer never used must
         // get an ACK or RST, or reach the application (RFC 7252 §4.2);
         // unknown response codes are ignored (spec table).
-        let must_answer = MessageRef::parse_with(bytes, &self.settings).ok().and_then(|m| {
-            let code = m.code();
-            let answerable = code.is_empty() || code.is_request() || code.name().is_some();
-            (m.mtype() == MessageType::Con
-                && answerable
-                && !self.peer_mids[peer].contains(&m.message_id()))
-            .then_some(m.message_id())
-        });
+        let must_answer = MessageRef::parse_with(bytes, &self.settings)
+            .ok()
+            .and_then(|m| {
+                let code = m.code();
+                let answerable = code.is_empty() || code.is_request() || code.name().is_some();
+                (m.mtype() == MessageType::Con
+                    && answerable
+                    && !self.peer_mids[peer].contains(&m.message_id()))
+                .then_some(m.message_id())
+            });
         self.step_answers.clear();
         self.step_requests = 0;
         if let Some(h) = peek_header(bytes) {
@@ -480,7 +517,8 @@ impl Harness {
                     b
                 });
                 if let Some(b) = b2 {
-                    msg = msg.with_option(OptionNumber::BLOCK2, Bytes::copy_from_slice(&b.encode()));
+                    msg =
+                        msg.with_option(OptionNumber::BLOCK2, Bytes::copy_from_slice(&b.encode()));
                 }
                 msg.payload = r.payload.bytes(b2, 1200, 0x42);
                 msg
@@ -526,7 +564,11 @@ impl Harness {
     fn timeout(&mut self) {
         self.ep.handle_timeout(self.now);
         if let Some(at) = self.ep.poll_timeout() {
-            assert!(at > self.now, "poll_timeout {:?} not after handle_timeout(now)", at - base());
+            assert!(
+                at > self.now,
+                "poll_timeout {:?} not after handle_timeout(now)",
+                at - base()
+            );
         }
         self.drain();
     }
@@ -536,7 +578,10 @@ impl Harness {
         if dead {
             let id = self.answered[usize::from(pick) % self.answered.len()];
             let r = self.ep.respond(self.now, id, self.app_msg(m));
-            assert!(matches!(r, Err(RespondError::UnknownRequest)), "answered twice: {r:?}");
+            assert!(
+                matches!(r, Err(RespondError::UnknownRequest)),
+                "answered twice: {r:?}"
+            );
             return;
         }
         if self.pending.is_empty() {
@@ -552,7 +597,10 @@ impl Harness {
         match self.ep.respond(self.now, id, msg) {
             Ok(Some(relation)) => {
                 assert!(observable, "relation from a non-observe answer or request");
-                assert!(!self.ended_relations.contains(&relation), "ended relation id reused");
+                assert!(
+                    !self.ended_relations.contains(&relation),
+                    "ended relation id reused"
+                );
                 if !self.relations.contains(&relation) {
                     self.relations.push(relation);
                 }
@@ -628,7 +676,10 @@ impl Harness {
             let peer = self.peer_index(&t.peer);
             let msg = match MessageRef::parse_with(&t.bytes, &self.settings) {
                 Ok(m) => m,
-                Err(e) => panic!("endpoint sent a malformed datagram ({e}): {:02x?}", &t.bytes[..]),
+                Err(e) => panic!(
+                    "endpoint sent a malformed datagram ({e}): {:02x?}",
+                    &t.bytes[..]
+                ),
             };
             // Bodies go block-wise; only the endpoint's own diagnostic
             // payloads (4.xx/5.xx) may exceed a tiny block size.
@@ -637,7 +688,11 @@ impl Harness {
             } else {
                 self.config.max_block_size
             };
-            assert!(msg.payload().len() <= limit, "payload {} over max_block_size", msg.payload().len());
+            assert!(
+                msg.payload().len() <= limit,
+                "payload {} over max_block_size",
+                msg.payload().len()
+            );
             match msg.mtype() {
                 MessageType::Ack | MessageType::Rst => {
                     assert!(
@@ -686,13 +741,24 @@ impl Harness {
             Event::Request(req) => {
                 let peer = self.peer_index(&req.peer);
                 assert!(self.seen_requests.insert(req.id), "request id repeated");
-                for n in [OptionNumber::BLOCK1, OptionNumber::BLOCK2, OptionNumber::SIZE1] {
-                    assert!(req.message.option(n).is_none(), "request event still carries {n}");
+                for n in [
+                    OptionNumber::BLOCK1,
+                    OptionNumber::BLOCK2,
+                    OptionNumber::SIZE1,
+                ] {
+                    assert!(
+                        req.message.option(n).is_none(),
+                        "request event still carries {n}"
+                    );
                 }
                 self.pending.push((req.id, peer, req.observe_registration));
                 self.step_requests += 1;
             }
-            Event::Response { request, response, peer } => {
+            Event::Response {
+                request,
+                response,
+                peer,
+            } => {
                 let peer = self.peer_index(&peer);
                 let track = self
                     .clients
@@ -700,9 +766,8 @@ impl Harness {
                     .unwrap_or_else(|| panic!("response for unknown {request}"));
                 assert!(!track.done, "response after the final event of {request}");
                 assert_eq!(track.peer, peer, "response from another peer");
-                let keep = track.observe
-                    && response.code.class() == 2
-                    && response.observe().is_some();
+                let keep =
+                    track.observe && response.code.class() == 2 && response.observe().is_some();
                 track.done = !keep;
                 track.observing |= keep;
             }
@@ -729,17 +794,40 @@ impl Harness {
     fn check_state(&self) {
         let c = &self.config;
         let stats = self.ep.stats();
-        assert!(stats.dedup_entries as usize <= c.max_dedup_total, "dedup over cap");
-        assert!(stats.dedup_entries as usize <= 4 * c.max_dedup_per_peer, "dedup over per-peer cap");
-        assert!(stats.observers as usize <= c.max_relations, "relations over cap");
-        assert_eq!(stats.observers as usize, self.relations.len(), "relations disagree");
-        assert_eq!(self.ep.pending_requests(), self.pending.len(), "pending requests disagree");
-        assert!(self.pending.len() <= c.max_pending_requests, "pending over cap");
+        assert!(
+            stats.dedup_entries as usize <= c.max_dedup_total,
+            "dedup over cap"
+        );
+        assert!(
+            stats.dedup_entries as usize <= 4 * c.max_dedup_per_peer,
+            "dedup over per-peer cap"
+        );
+        assert!(
+            stats.observers as usize <= c.max_relations,
+            "relations over cap"
+        );
+        assert_eq!(
+            stats.observers as usize,
+            self.relations.len(),
+            "relations disagree"
+        );
+        assert_eq!(
+            self.ep.pending_requests(),
+            self.pending.len(),
+            "pending requests disagree"
+        );
+        assert!(
+            self.pending.len() <= c.max_pending_requests,
+            "pending over cap"
+        );
         let mut per_peer = [0usize; 4];
         for (_, p, _) in &self.pending {
             per_peer[*p] += 1;
         }
-        assert!(per_peer.iter().all(|n| *n <= c.max_pending_per_peer), "pending per peer over cap");
+        assert!(
+            per_peer.iter().all(|n| *n <= c.max_pending_per_peer),
+            "pending per peer over cap"
+        );
         let mut rel_per_peer = [0usize; 4];
         for r in &self.relations {
             let peer = self
@@ -775,15 +863,30 @@ impl Harness {
                 }
                 let (id, _, _) = self.pending[usize::from(*pick) % self.pending.len()];
                 let timeout = AckTimeout::from_millis(i64::from(*millis));
-                self.ep.set_ack_timeout(self.now, id, timeout).expect("pending request");
+                self.ep
+                    .set_ack_timeout(self.now, id, timeout)
+                    .expect("pending request");
                 self.drain();
             }
-            Op::Notify { pick, msg, confirmable } => self.notify(*pick, msg, *confirmable),
-            Op::Send { peer, req, confirmable } => self.send(usize::from(peer % 4), req, *confirmable),
+            Op::Notify {
+                pick,
+                msg,
+                confirmable,
+            } => self.notify(*pick, msg, *confirmable),
+            Op::Send {
+                peer,
+                req,
+                confirmable,
+            } => self.send(usize::from(peer % 4), req, *confirmable),
             Op::Rebind { from, to } => {
                 let (from, to) = (usize::from(from % 4), usize::from(to % 4));
                 let target = &self.peers[to];
-                if skip_known() && self.relations.iter().any(|r| self.ep.relation_peer(*r) == Some(target)) {
+                if skip_known()
+                    && self
+                        .relations
+                        .iter()
+                        .any(|r| self.ep.relation_peer(*r) == Some(target))
+                {
                     return;
                 }
                 let old = self.peers[from].clone();
@@ -799,7 +902,11 @@ impl Harness {
                 }
                 let id = self.client_order[usize::from(*pick) % self.client_order.len()];
                 let live = self.clients.get(&id).is_some_and(|c| !c.done);
-                assert_eq!(self.ep.cancel_request(id), live, "cancel_request disagrees for {id}");
+                assert_eq!(
+                    self.ep.cancel_request(id),
+                    live,
+                    "cancel_request disagrees for {id}"
+                );
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.done = true;
                 }
@@ -810,7 +917,10 @@ impl Harness {
                     return;
                 }
                 let relation = self.relations[usize::from(*pick) % self.relations.len()];
-                assert!(self.ep.cancel_observe(relation), "live relation not cancelled");
+                assert!(
+                    self.ep.cancel_observe(relation),
+                    "live relation not cancelled"
+                );
                 self.end_relation(relation);
                 self.drain();
             }
@@ -835,9 +945,16 @@ fuzz_target!(|input: Input| {
     }
     assert!(h.ep.poll_timeout().is_none(), "timers never run out");
     let stats = h.ep.stats();
-    assert_eq!(stats.dedup_entries, 0, "dedup entries outlive their lifetime");
+    assert_eq!(
+        stats.dedup_entries, 0,
+        "dedup entries outlive their lifetime"
+    );
     for (id, c) in &h.clients {
         assert!(c.done || c.observing, "{id} never completed");
     }
-    assert_eq!(h.ep.is_quiescent(), h.pending.is_empty(), "not quiescent after all timers");
+    assert_eq!(
+        h.ep.is_quiescent(),
+        h.pending.is_empty(),
+        "not quiescent after all timers"
+    );
 });

@@ -53,7 +53,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -76,9 +79,15 @@ struct Input {
 #[derive(Arbitrary, Debug)]
 enum SoakOp {
     Msg(PeerMsg),
-    Raw { peer: u8, bytes: Vec<u8> },
+    Raw {
+        peer: u8,
+        bytes: Vec<u8>,
+    },
     /// The application answers its oldest pending request.
-    Respond { len: u16, observe: bool },
+    Respond {
+        len: u16,
+        observe: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -97,7 +106,14 @@ struct PeerMsg {
 }
 
 const PATHS: [&str; 4] = ["a", "ps/t", "obs", "b/c"];
-const CODES: [Code; 6] = [Code::GET, Code::POST, Code::PUT, Code::DELETE, Code::CONTENT, Code::EMPTY];
+const CODES: [Code; 6] = [
+    Code::GET,
+    Code::POST,
+    Code::PUT,
+    Code::DELETE,
+    Code::CONTENT,
+    Code::EMPTY,
+];
 
 fn peers() -> &'static [Peer; 4] {
     static PEERS: OnceLock<[Peer; 4]> = OnceLock::new();
@@ -105,7 +121,12 @@ fn peers() -> &'static [Peer; 4] {
         let a: SocketAddr = "192.0.2.1:5683".parse().unwrap();
         let b: SocketAddr = "192.0.2.2:5683".parse().unwrap();
         let c: SocketAddr = "192.0.2.3:5683".parse().unwrap();
-        [Peer::new(a), Peer::new(b), Peer::new(c), Peer::authenticated(a, &b"dev"[..])]
+        [
+            Peer::new(a),
+            Peer::new(b),
+            Peer::new(c),
+            Peer::authenticated(a, &b"dev"[..]),
+        ]
     })
 }
 
@@ -134,15 +155,27 @@ fn build(m: &PeerMsg, mid: u16) -> Option<Bytes> {
             return None;
         }
         szx = s % 7;
-        msg = msg.with_block1(Block { num: u32::from(num % 4), more, szx });
+        msg = msg.with_block1(Block {
+            num: u32::from(num % 4),
+            more,
+            szx,
+        });
     }
     if let Some((num, s)) = m.block2 {
-        msg = msg.with_block2(Block { num: u32::from(num % 4), more: false, szx: s % 7 });
+        msg = msg.with_block2(Block {
+            num: u32::from(num % 4),
+            more: false,
+            szx: s % 7,
+        });
     }
     if let Some(t) = m.request_tag {
         msg = msg.with_option(OptionNumber::REQUEST_TAG, vec![t % 2]);
     }
-    let len = if m.payload % 2 == 0 { 16usize << szx } else { usize::from(m.payload) };
+    let len = if m.payload % 2 == 0 {
+        16usize << szx
+    } else {
+        usize::from(m.payload)
+    };
     msg = msg.with_payload(vec![0x33; len]);
     msg.to_bytes().ok()
 }
@@ -176,11 +209,16 @@ impl Soak {
                         self.mids[peer] = mid.wrapping_add(1);
                     }
                     if let Some(bytes) = build(m, mid) {
-                        self.ep.handle_datagram(self.now, peers()[peer].clone(), &bytes);
+                        self.ep
+                            .handle_datagram(self.now, peers()[peer].clone(), &bytes);
                     }
                 }
                 SoakOp::Raw { peer, bytes } => {
-                    self.ep.handle_datagram(self.now, peers()[usize::from(peer % 4)].clone(), bytes);
+                    self.ep.handle_datagram(
+                        self.now,
+                        peers()[usize::from(peer % 4)].clone(),
+                        bytes,
+                    );
                 }
                 SoakOp::Respond { len, observe } => {
                     if !self.pending.is_empty() {
@@ -214,7 +252,11 @@ fuzz_target!(|input: Input| {
     }
     let mut config = EndpointConfig::default();
     config.rng_seed = Some(input.seed);
-    config.default_ack_timeout = match if skip_known() { 0 } else { input.ack_policy % 3 } {
+    config.default_ack_timeout = match if skip_known() {
+        0
+    } else {
+        input.ack_policy % 3
+    } {
         0 => AckTimeout::Never,
         1 => AckTimeout::Immediately,
         _ => AckTimeout::After(Duration::from_secs(1)),
