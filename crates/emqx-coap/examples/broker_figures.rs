@@ -33,7 +33,9 @@ fn main() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(mqtt_publish(&url));
     } else {
-        println!("MQTT_URL not set: skipping the rumqttc figures");
+        println!(
+            "the rumqttc figures need MQTT_URL (e.g. MQTT_URL=mqtt://127.0.0.1:1883, as scripts/test.sh sets it)"
+        );
     }
 }
 

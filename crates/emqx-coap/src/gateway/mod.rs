@@ -242,6 +242,21 @@ pub trait GatewayObserver: Send + Sync {
     fn notified(&self, confirmable: bool) {
         let _ = confirmable;
     }
+    /// The broker answered a QoS ≥ 1 publish or a subscribe (accepted or
+    /// refused) after `took`.
+    fn broker_round_trip(&self, operation: BrokerOperation, took: Duration) {
+        let _ = (operation, took);
+    }
+}
+
+/// What [`GatewayObserver::broker_round_trip`] timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BrokerOperation {
+    /// A QoS 1 or 2 publish, until PUBACK / PUBCOMP (or refusal).
+    Publish,
+    /// A subscribe, until SUBACK (or refusal).
+    Subscribe,
 }
 
 /// A connection-mode client, for the management API.
@@ -256,8 +271,36 @@ pub struct ClientSummary {
     pub peer: String,
     /// Time since the latest valid request.
     pub idle: Duration,
+    /// Time since the session was opened (`POST mqtt/connection`).
+    pub connected_for: Duration,
     /// Observe relations (subscriptions) of the session.
     pub subscriptions: usize,
+}
+
+/// Which clients [`Gateway::search_clients`] returns: every given field
+/// must be a substring of the client's; `None` matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientQuery {
+    /// Substring of the clientid.
+    pub clientid: Option<String>,
+    /// Substring of the username (a client without one never matches).
+    pub username: Option<String>,
+    /// Substring of the peer address as shown (`127.0.0.1:5683`,
+    /// `identity@addr` over DTLS).
+    pub peer: Option<String>,
+    /// Substring of any of clientid, username, peer.
+    pub any: Option<String>,
+}
+
+/// One page of [`Gateway::search_clients`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientPage {
+    /// The clients on this page, sorted by clientid.
+    pub clients: Vec<ClientSummary>,
+    /// How many clients matched in all.
+    pub total: usize,
 }
 
 /// One subscription (observe relation) of a client.

@@ -111,6 +111,7 @@ impl Gateway {
                 listener,
                 peer: peer.clone(),
                 last_seen: now,
+                connected_at: now,
             })
         };
         if replaced.is_some() {
@@ -359,11 +360,14 @@ impl Gateway {
             .and_then(ContentFormat::media_type)
             .map(str::to_owned);
         let max_age = self.inner.settings.unavailable_max_age;
-        self.inner
-            .broker
-            .publish(&who.client, publish)
-            .await
-            .map_err(|e| Failure::from_broker(e, max_age))?;
+        let started = Instant::now();
+        let published = self.inner.broker.publish(&who.client, publish).await;
+        if qos != Qos::AtMostOnce {
+            self.inner
+                .observer
+                .broker_round_trip(BrokerOperation::Publish, started.elapsed());
+        }
+        published.map_err(|e| Failure::from_broker(e, max_age))?;
         self.inner.observer.published(qos);
         Ok(Reply::code(Code::CHANGED))
     }
@@ -416,12 +420,16 @@ impl Gateway {
                 },
             );
         }
-        let subscribed = match self
+        let started = Instant::now();
+        let subscribed = self
             .inner
             .broker
             .subscribe(&who.client, subscriber, &mounted, qos)
-            .await
-        {
+            .await;
+        self.inner
+            .observer
+            .broker_round_trip(BrokerOperation::Subscribe, started.elapsed());
+        let subscribed = match subscribed {
             Ok(subscribed) => subscribed,
             Err(error) => {
                 self.state().observers.remove(&subscriber);

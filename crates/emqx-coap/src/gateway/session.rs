@@ -23,6 +23,8 @@ pub(crate) struct Session {
     pub(crate) peer: Peer,
     /// Time of the latest valid request.
     pub(crate) last_seen: Instant,
+    /// Time of the `POST mqtt/connection` that opened the session.
+    pub(crate) connected_at: Instant,
 }
 
 /// A fresh token: the decimal string of an unpredictable 32-bit value
@@ -216,6 +218,7 @@ mod tests {
             listener: ListenerId(0),
             peer: peer(port),
             last_seen: now,
+            connected_at: now,
         }
     }
 

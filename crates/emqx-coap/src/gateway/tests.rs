@@ -1059,6 +1059,117 @@ async fn idle_connectionless_observers_end_after_the_configured_lifetime() {
 }
 
 #[tokio::test]
+async fn management_searches_and_pages_clients() {
+    let f = fixture(connection_mode());
+    let now = Instant::now();
+    for i in 0..7u16 {
+        let reply = f
+            .at(
+                &peer(100 + i),
+                req(
+                    Code::POST,
+                    "mqtt/connection",
+                    &[
+                        &format!("clientid=dev-{i}"),
+                        &format!("username={}", if i % 2 == 0 { "even" } else { "odd" }),
+                    ],
+                ),
+                now + Duration::from_secs(u64::from(i)),
+            )
+            .await;
+        assert_eq!(reply.response.code, Code::CREATED);
+    }
+    f.connect(&peer(200), "lamp", now).await;
+    let later = now + Duration::from_secs(10);
+    let all = f
+        .gateway
+        .search_clients(&ClientQuery::default(), 0, 100, later);
+    assert_eq!(all.total, 8);
+    assert_eq!(all.clients[0].clientid, "dev-0");
+    assert_eq!(all.clients[0].connected_for, Duration::from_secs(10));
+    assert_eq!(all.clients[6].connected_for, Duration::from_secs(4));
+    assert_eq!(all.clients[7].clientid, "lamp");
+    // Pages of 3 over the 7 "dev-" clients: 3, 3, 1, then none.
+    let dev = ClientQuery {
+        clientid: Some("dev-".into()),
+        ..ClientQuery::default()
+    };
+    let pages: Vec<Vec<String>> = (0..4)
+        .map(|page| {
+            let found = f.gateway.search_clients(&dev, page * 3, 3, later);
+            assert_eq!(found.total, 7);
+            found.clients.into_iter().map(|c| c.clientid).collect()
+        })
+        .collect();
+    assert_eq!(pages[0], ["dev-0", "dev-1", "dev-2"]);
+    assert_eq!(pages[2], ["dev-6"]);
+    assert!(pages[3].is_empty());
+    // Username and peer filters; all given filters must match.
+    let odd = ClientQuery {
+        username: Some("odd".into()),
+        ..ClientQuery::default()
+    };
+    assert_eq!(f.gateway.search_clients(&odd, 0, 100, later).total, 3);
+    let by_peer = ClientQuery {
+        peer: Some(":200".into()),
+        ..ClientQuery::default()
+    };
+    let found = f.gateway.search_clients(&by_peer, 0, 100, later);
+    assert_eq!(found.clients[0].clientid, "lamp");
+    let both = ClientQuery {
+        clientid: Some("lamp".into()),
+        username: Some("odd".into()),
+        ..ClientQuery::default()
+    };
+    assert_eq!(f.gateway.search_clients(&both, 0, 100, later).total, 0);
+    let any = ClientQuery {
+        any: Some("even".into()),
+        ..ClientQuery::default()
+    };
+    assert_eq!(f.gateway.search_clients(&any, 0, 100, later).total, 4);
+}
+
+#[derive(Default)]
+struct RoundTrips(std::sync::Mutex<Vec<BrokerOperation>>);
+
+impl GatewayObserver for RoundTrips {
+    fn broker_round_trip(&self, operation: BrokerOperation, _took: Duration) {
+        self.0.lock().unwrap().push(operation);
+    }
+}
+
+#[tokio::test]
+async fn broker_round_trips_are_reported_for_acknowledged_operations() {
+    let (broker, _deliveries) = EmbeddedBroker::new(EmbeddedConfig::default());
+    let trips = Arc::new(RoundTrips::default());
+    let gateway = Gateway::new(Arc::new(broker), None, GatewaySettings::default())
+        .with_observer(trips.clone());
+    let now = Instant::now();
+    let p = peer(1);
+    let publish = |qos: &str| req(Code::POST, "ps/rtt", &[&format!("qos={qos}")]);
+    for qos in ["0", "1", "2"] {
+        let reply = gateway
+            .handle_at(ListenerId(0), &p, &publish(qos), false, now)
+            .await;
+        assert_eq!(reply.response.code, Code::CHANGED);
+    }
+    let observe = req(Code::GET, "ps/rtt", &[]).with_observe(0);
+    let reply = gateway
+        .handle_at(ListenerId(0), &p, &observe, true, now)
+        .await;
+    assert_eq!(reply.response.code, Code::CONTENT);
+    // QoS 0 has no acknowledgement to wait for, so no round trip.
+    assert_eq!(
+        *trips.0.lock().unwrap(),
+        [
+            BrokerOperation::Publish,
+            BrokerOperation::Publish,
+            BrokerOperation::Subscribe
+        ]
+    );
+}
+
+#[tokio::test]
 async fn management_lists_clients_subscriptions_and_kicks() {
     let f = fixture(connection_mode());
     let now = Instant::now();
