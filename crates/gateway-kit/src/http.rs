@@ -12,16 +12,32 @@
 //! `/metrics` and a failing `/readyz` visible while the rest drains, give it
 //! its own `Shutdown` (triggered after the drain) and register
 //! [`Readiness::fail_after`] with the process-wide one.
+//!
+//! It speaks HTTP/1.1 only, with two guards against clients that hold
+//! connections open: a request head must arrive within
+//! [`HttpServer::with_header_read_timeout`] (default
+//! [`DEFAULT_HEADER_READ_TIMEOUT`]; idle keep-alive connections are closed
+//! after it too), and at most [`HttpServer::with_max_connections`]
+//! connections are served at once (default [`DEFAULT_MAX_CONNECTIONS`]);
+//! further ones wait in the kernel's accept backlog. There is no
+//! authentication: bind it to loopback or a private network.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::metrics::{MetricsRegistry, PROMETHEUS_CONTENT_TYPE};
@@ -66,7 +82,15 @@ pub struct HttpServer {
     metrics: MetricsRegistry,
     readiness: Readiness,
     api: Router,
+    header_read_timeout: Duration,
+    max_connections: usize,
 }
+
+/// Default of [`HttpServer::with_header_read_timeout`]: 10 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default of [`HttpServer::with_max_connections`]: 64.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 #[derive(Clone)]
 struct OpsState {
@@ -81,7 +105,25 @@ impl HttpServer {
             metrics,
             readiness,
             api: Router::new(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
+    }
+
+    /// How long a client may take to send a request head (and how long an
+    /// idle keep-alive connection stays open). Default is
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`]. A handler that runs long (e.g.
+    /// waiting for a device) is not affected.
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Most connections served at once (at least 1); more wait to be
+    /// accepted. Default is [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
     }
 
     /// Mounts the binary's management routes (with its state already
@@ -121,17 +163,76 @@ impl HttpServer {
         let local_addr = listener
             .local_addr()
             .map_err(|source| HttpError::Bind { addr, source })?;
-        let stop = stop.triggered_owned();
+        let limits = Limits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+        };
         let router = self.into_router();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    stop.await;
-                })
-                .await
-        });
+        let task = tokio::spawn(serve(listener, router, stop, limits));
         Ok(RunningHttpServer { local_addr, task })
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+/// Accepts connections until `stop` fires (at most `max_connections` at
+/// once), then stops accepting and waits for open requests to finish
+/// (idle connections are closed at once).
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: Shutdown,
+    limits: Limits,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let stopped = stop.triggered_owned();
+    tokio::pin!(stopped);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stopped => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Per-connection failures (reset before accept) and
+                    // running out of descriptors are not fatal; back off a
+                    // little so the latter does not spin.
+                    tracing::debug!(%error, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// A started operations server.

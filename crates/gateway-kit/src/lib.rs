@@ -128,7 +128,10 @@ pub use axum;
 pub use byte_size::{ByteSize, ByteSizeParseError};
 pub use config::ConfigError;
 pub use duration::{DurationParseError, HumanDuration};
-pub use http::{ApiError, HttpError, HttpServer, RunningHttpServer};
+pub use http::{
+    ApiError, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpError, HttpServer,
+    RunningHttpServer,
+};
 pub use logging::{LogFormat, LoggingError, init_logging};
 pub use metrics::{BROKER_RTT_BUCKETS, Counter, Gauge, Histogram, MetricsError, MetricsRegistry};
 pub use readiness::{Readiness, ReadyFlag};

@@ -139,13 +139,17 @@ pub struct OpsArgs {
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
-    /// Serve /metrics, /healthz, /readyz and the management API on ADDR
-    /// (e.g. 127.0.0.1:9100; port 0 picks one). Off unless given.
+    /// Serve HTTP on ADDR (e.g. 127.0.0.1:9100; port 0 picks one):
+    /// /metrics (Prometheus), /healthz, /readyz and the JSON management API
+    /// under /api/clients (list, search and kick clients). No
+    /// authentication: keep it on loopback or a private network. Off unless
+    /// given.
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
-    /// Log level or filter, e.g. `info` or `debug,emqx_coap=trace`.
-    /// Default: the RUST_LOG variable, else `info`.
+    /// Log level or filter in RUST_LOG syntax, e.g. `info`, `debug` (one
+    /// line per request) or `info,coap_endpoint=trace`. Default: the
+    /// RUST_LOG variable, else `info`.
     #[arg(long, value_name = "LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,

@@ -246,3 +246,61 @@ async fn bind_error_names_the_address() {
         .unwrap_err();
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off_but_slow_handlers_are_not() {
+    let slow = Router::new().route(
+        "/api/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            "done"
+        }),
+    );
+    let running = HttpServer::new(MetricsRegistry::new(), Readiness::new())
+        .with_api(slow)
+        .with_header_read_timeout(Duration::from_millis(200))
+        .start("127.0.0.1:0".parse().unwrap(), Shutdown::new())
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+    // Half a request head, then silence: the server ends the connection.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut raw))
+        .await
+        .expect("a stalled request head kept the connection open")
+        .ok();
+    assert!(!String::from_utf8_lossy(&raw).contains("200 OK"), "{raw:?}");
+    // A handler that takes longer than the head timeout still answers.
+    let reply = request(addr, "GET", "/api/slow", "").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "done"));
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let running = HttpServer::new(MetricsRegistry::new(), Readiness::new())
+        .with_max_connections(1)
+        .start("127.0.0.1:0".parse().unwrap(), Shutdown::new())
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+    // The first connection holds the only slot (connected, nothing sent).
+    let holder = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiting = tokio::spawn(request(addr, "GET", "/healthz", ""));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "second connection served beyond the cap"
+    );
+    drop(holder);
+    let reply = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("second connection never served")
+        .unwrap();
+    assert_eq!(reply.status, 200);
+}
