@@ -116,14 +116,18 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for UDP on {}: {e}", config.udp))?
         .with_shutdown_grace(config.shutdown_grace.get());
+    let mut dtls_transport = None;
     let dtls_server = match (config.dtls, psk) {
         (Some(addr), Some(psk)) => {
             let store = Arc::new(psk.into_map());
             let transport = DtlsTransport::bind(addr, coap_dtls::ServerConfig::new(store))
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen for DTLS on {addr}: {e}"))?;
+            // Shared with the metrics task, which reads its handshake counters.
+            let transport = Arc::new(transport);
+            dtls_transport = Some(transport.clone());
             Some(
-                Server::new(transport, endpoint_config.clone())?
+                Server::new(metrics::SharedDtls(transport), endpoint_config.clone())?
                     .with_shutdown_grace(config.shutdown_grace.get()),
             )
         }
@@ -188,7 +192,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
             result
         });
     }
-    metrics::spawn_gauges(&metrics, gateway.clone(), endpoint_handles)?;
+    metrics::spawn_stats_copier(&metrics, gateway.clone(), endpoint_handles, dtls_transport)?;
     tracing::info!(
         broker = %config.broker,
         connection_required = config.connection_required,
