@@ -67,7 +67,13 @@ pub struct CoapClient {
 impl CoapClient {
     /// A client on a fresh loopback port talking to `server`.
     pub async fn new(server: SocketAddr) -> Self {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        Self::new_from("127.0.0.1:0", server).await
+    }
+
+    /// A client bound to `bind` (e.g. `127.0.0.2:0`, another loopback
+    /// source address) talking to `server`.
+    pub async fn new_from(bind: &str, server: SocketAddr) -> Self {
+        let socket = Arc::new(UdpSocket::bind(bind).await.unwrap());
         let pending: Pending = Arc::default();
         let observing: Arc<Mutex<HashSet<Bytes>>> = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();

@@ -343,8 +343,11 @@ async fn churn_round(
             let (ok, path) = (ok.clone(), format!("ps/{prefix}/r{round}/c{i}"));
             tasks.push(tokio::spawn(async move {
                 let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                let m = Message::new(MessageType::Con, Code::GET, i as u16)
-                    .with_token(Bytes::copy_from_slice(&(i as u32).to_be_bytes()))
+                let token =
+                    Bytes::copy_from_slice(&(((round as u64) << 32) | i as u64).to_be_bytes());
+                let mid = (i + round * 7919) as u16;
+                let m = Message::new(MessageType::Con, Code::GET, mid)
+                    .with_token(token.clone())
                     .with_uri_path(&path)
                     .with_observe(0)
                     .to_bytes()
@@ -352,11 +355,19 @@ async fn churn_round(
                 let mut buf = [0u8; 1500];
                 for _ in 0..4 {
                     socket.send_to(&m, server).await.unwrap();
-                    if let Ok(Ok((n, _))) =
-                        tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf))
-                            .await
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    // A recycled port may still get an earlier round's final
+                    // notification (other token): not ours, skip it.
+                    while let Ok(Ok((n, _))) = tokio::time::timeout(
+                        deadline.saturating_duration_since(Instant::now()),
+                        socket.recv_from(&mut buf),
+                    )
+                    .await
                     {
                         let r = Message::from_bytes(Bytes::copy_from_slice(&buf[..n])).unwrap();
+                        if r.token != token || !r.code.is_response() {
+                            continue;
+                        }
                         assert_eq!(r.code, Code::CONTENT, "observe registration refused");
                         ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return;
