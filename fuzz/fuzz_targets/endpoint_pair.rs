@@ -19,6 +19,10 @@
 //! - the server application gets whole, correct request bodies (Block1
 //!   reassembled under loss, duplication and reordering);
 //! - relations end only by an event or an application call.
+//!
+//! `COAP_FUZZ_SKIP_KNOWN=1` accepts an empty body for a POST/PUT: a Block2
+//! follow-up that misses the cache reaches the application as a new empty
+//! request (known bug in fuzz/README.md).
 #![no_main]
 
 use std::collections::{HashMap, VecDeque};
@@ -89,6 +93,11 @@ enum ReqKind {
 enum Side {
     Client,
     Server,
+}
+
+fn skip_known() -> bool {
+    static SKIP: OnceLock<bool> = OnceLock::new();
+    *SKIP.get_or_init(|| std::env::var_os("COAP_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"))
 }
 
 fn base() -> Instant {
@@ -284,7 +293,8 @@ impl Pair {
                     .and_then(|p| p.value_str())
                     .and_then(|v| v.parse().ok())
                     .expect("request states its length");
-                if req.message.code != Code::GET {
+                let cache_miss = skip_known() && req.message.payload.is_empty();
+                if req.message.code != Code::GET && !cache_miss {
                     assert_eq!(
                         &req.message.payload[..],
                         &pattern(n, len)[..],
