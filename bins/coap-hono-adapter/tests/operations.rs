@@ -473,3 +473,60 @@ fn print_config_shows_every_key_and_hides_the_password() {
         assert!(config.contains_key(key), "{key} missing:\n{text}");
     }
 }
+
+#[test]
+fn configuration_reference_matches_help() {
+    let output = binary().arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/configuration.md"
+    ))
+    .unwrap();
+    let begin = doc
+        .find("<!-- BEGIN generated from `coap-hono-adapter --help` -->")
+        .expect("no generated block for coap-hono-adapter");
+    let end = doc[begin..].find("<!-- END generated").unwrap() + begin;
+    let block = &doc[begin..end];
+    let regenerate = "run crates/gateway-kit/tools/help_to_markdown.py (see docs/configuration.md)";
+    let tag = |text: &str, name: &str| {
+        let start = text.find(&format!("[{name}: "))? + name.len() + 3;
+        let len = text[start..].find(']')?;
+        Some(text[start..start + len].trim_end_matches('=').to_owned())
+    };
+    let mut flags = 0;
+    let mut lines = help.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(flag) = line.trim_start().strip_prefix("--") else {
+            continue;
+        };
+        let flag = flag.split_whitespace().next().unwrap();
+        if flag == "help" || flag == "version" {
+            continue;
+        }
+        let mut text = String::new();
+        while let Some(next) = lines.peek() {
+            if next.trim_start().starts_with("--") || next.trim_start().starts_with("-h,") {
+                break;
+            }
+            text.push_str(lines.next().unwrap());
+        }
+        let row = block
+            .lines()
+            .find(|l| l.starts_with(&format!("| `--{flag}")))
+            .unwrap_or_else(|| panic!("--{flag} is not in docs/configuration.md; {regenerate}"));
+        let env = tag(&text, "env").unwrap();
+        assert!(
+            row.contains(&format!("`{env}`")),
+            "--{flag}: {row}; {regenerate}"
+        );
+        if let Some(default) = tag(&text, "default") {
+            assert!(
+                row.contains(&format!("`{default}`")),
+                "--{flag} default {default}: {row}; {regenerate}"
+            );
+        }
+        flags += 1;
+    }
+    assert!(flags >= 17, "{help}");
+}
