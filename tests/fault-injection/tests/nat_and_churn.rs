@@ -324,7 +324,11 @@ async fn churn_of_vanishing_observers_keeps_memory_bounded() {
         // it has passed, one more round must fit in the memory freed.
         tokio::time::sleep(Duration::from_secs(260)).await;
         let quiet = gw.rss_kib();
-        registered += churn_round(server, &prefix, clients, rounds + 1).await;
+        let extra = churn_round(server, &prefix, clients, rounds + 1).await;
+        assert!(
+            extra * 100 >= clients * 99,
+            "{extra} of {clients} registered"
+        );
         wait_observers(&gw, 0.0, Duration::from_secs(60)).await;
         let again = gw.rss_kib();
         println!(
