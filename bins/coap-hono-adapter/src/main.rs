@@ -205,7 +205,12 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
             result
         });
     }
-    metrics::spawn_endpoint_stats(&metrics, endpoint_handles, dtls_transport)?;
+    metrics::spawn_endpoint_stats(
+        &metrics,
+        endpoint_handles,
+        dtls_transport,
+        adapter.clients().clone(),
+    )?;
 
     while let Some(result) = servers.join_next().await {
         match result {

@@ -162,6 +162,12 @@ async fn management_api_lists_searches_pages_and_kicks() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let (_, metrics) = http_request(http, "GET", "/metrics").await;
+    assert!(
+        metrics.contains("\nhono_coap_command_waits 1\n"),
+        "{metrics}"
+    );
+
     // Kick: 204, gone from the list, and the old session no longer works.
     let (status, _) = http_request(http, "DELETE", "/api/clients/DEFAULT_TENANT/4711").await;
     assert_eq!(status, 204);
@@ -191,6 +197,11 @@ async fn management_api_lists_searches_pages_and_kicks() {
             "the kicked session still works"
         );
     }
+    let (_, metrics) = http_request(http, "GET", "/metrics").await;
+    assert!(
+        metrics.contains("\nhono_coap_command_waits 0\n"),
+        "{metrics}"
+    );
     // A new handshake works, and the device is listed again.
     let mut again = dtls_session(adapter.dtls, SENSOR).await;
     again.send(&telemetry(4, "t", "new session")).await.unwrap();

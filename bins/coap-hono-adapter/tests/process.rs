@@ -242,10 +242,27 @@ async fn stdout_downstream_and_registry_reload() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, metrics) = http_get(http, "/metrics").await;
-        if gauge(&metrics, "dtls_handshakes_completed ") >= 1
-            && gauge(&metrics, "coap_datagrams_in{listener=\"udp\"} ") >= 4
-            && gauge(&metrics, "coap_datagrams_in{listener=\"dtls\"} ") >= 1
+        if gauge(&metrics, "dtls_handshakes_total{result=\"completed\"} ") >= 1
+            && gauge(&metrics, "coap_datagrams_in_total{listener=\"udp\"} ") >= 4
+            && gauge(&metrics, "coap_datagrams_in_total{listener=\"dtls\"} ") >= 1
+            && gauge(
+                &metrics,
+                "coap_requests_total{listener=\"udp\",method=\"PUT\"} ",
+            ) >= 4
+            && gauge(
+                &metrics,
+                "coap_requests_total{listener=\"dtls\",method=\"POST\"} ",
+            ) >= 1
+            && gauge(&metrics, "hono_coap_clients ") >= 1
         {
+            // The stdout downstream accepted the telemetry: round trips seen.
+            assert!(
+                gauge(
+                    &metrics,
+                    "hono_coap_broker_round_trip_seconds_count{kind=\"telemetry\"} "
+                ) >= 3,
+                "{metrics}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "{metrics}");

@@ -99,6 +99,16 @@ pub trait AdapterObserver: Send + Sync {
     }
     /// A command was put into a response to a waiting device.
     fn command_delivered(&self) {}
+    /// The downstream accepted a message of `kind` (`"telemetry"`,
+    /// `"event"`, `"command_response"`) after `took` (for confirmed
+    /// messages: until the broker's confirm).
+    fn broker_round_trip(&self, kind: &'static str, took: Duration) {
+        let _ = (kind, took);
+    }
+    /// A request with `hono-ttd` began waiting for a command.
+    fn command_wait_started(&self) {}
+    /// That wait ended (command, timeout, kick or shutdown).
+    fn command_wait_ended(&self) {}
 }
 
 struct NoObserver;
@@ -618,6 +628,7 @@ impl HonoAdapter {
             Some(_) => self.subscribe(target, &authorized).await?,
             None => Vec::new(),
         };
+        let started = std::time::Instant::now();
         let sent = match resource {
             Resource::Event => self.downstream.send_event(message).await,
             _ => {
@@ -633,6 +644,8 @@ impl HonoAdapter {
             self.unsubscribe(subscriptions).await;
             return Err(error.into());
         }
+        self.observer
+            .broker_round_trip(resource.name(), started.elapsed());
         self.meter.record(&authorized.tenant, body.len(), now);
         self.observer.forwarded(resource.name());
 
@@ -647,9 +660,11 @@ impl HonoAdapter {
                 self.clients
                     .begin_wait(peer, devices, std::time::Instant::now(), ttd)
             });
+            let counted = CountedWait::start(self.observer.as_ref());
             let command = self
                 .wait_for_command(&mut subscriptions, ttd, registration.as_mut())
                 .await;
+            drop(counted);
             drop(registration);
             self.unsubscribe(subscriptions).await;
             if let Some(command) = command {
@@ -876,13 +891,33 @@ impl HonoAdapter {
         if let Some(media_type) = request.content_format().and_then(ContentFormat::media_type) {
             response_message = response_message.with_content_type(media_type);
         }
+        let started = std::time::Instant::now();
         self.downstream
             .send_command_response(response_message)
             .await?;
+        self.observer
+            .broker_round_trip("command_response", started.elapsed());
         self.meter
             .record(&authorized.tenant, request.payload.len(), now);
         self.observer.forwarded("command_response");
         Ok(response(Code::CHANGED))
+    }
+}
+
+/// Reports a command wait to the observer from start to end, also when
+/// the request's future is dropped mid-wait.
+struct CountedWait<'a>(&'a dyn AdapterObserver);
+
+impl<'a> CountedWait<'a> {
+    fn start(observer: &'a dyn AdapterObserver) -> Self {
+        observer.command_wait_started();
+        Self(observer)
+    }
+}
+
+impl Drop for CountedWait<'_> {
+    fn drop(&mut self) {
+        self.0.command_wait_ended();
     }
 }
 
