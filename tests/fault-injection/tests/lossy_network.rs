@@ -256,3 +256,85 @@ async fn observer_behind_a_lossy_link_gets_every_qos1_notification_or_loses_the_
     );
     gw.assert_alive();
 }
+
+/// The Hono-mode adapter behind the same lossy link: CON events (unauthenticated
+/// PUT on the insecure port) that got 2.04 are all in the durable event queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn con_events_through_a_lossy_link_reach_rabbitmq_at_least_once() {
+    let url = fault_injection_tests::amqp_url();
+    let registry = fault_injection_tests::hono_registry::registry_file();
+    let prefix = format!("fl{:x}", rand::random::<u32>());
+    let mut adapter = GatewayProcess::start(
+        "coap-hono-adapter",
+        &[
+            "--registry",
+            registry.to_str().unwrap(),
+            "--dtls",
+            "127.0.0.1:0",
+            "--insecure-udp",
+            "127.0.0.1:0",
+            "--amqp",
+            &url,
+            "--exchange-prefix",
+            &prefix,
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &["udp", "dtls", "http"],
+    );
+    let seed = 0x5eed_0003;
+    let link = Arc::new(LossyLink::start(adapter.addr("udp"), LOSSY, seed).await);
+    let tally = Arc::new(Tally::default());
+    const CLIENTS: usize = 4;
+    const PER_CLIENT: usize = 40;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (link, tally) = (link.clone(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = CoapClient::new(link.addr()).await;
+            for seq in 0..PER_CLIENT {
+                let payload = format!("d{c}-{seq}");
+                let request = client
+                    .build(MessageType::Con, Code::PUT, &format!("e/TA/d{c}"), &[])
+                    .with_content_format(coap_endpoint::coap_codec::ContentFormat::TEXT_PLAIN)
+                    .with_payload(payload.clone().into_bytes());
+                tally.sent();
+                let exchange = client.request(request).await;
+                match exchange.code() {
+                    Some(code) => {
+                        tally.answered(&payload, &code.to_string(), code == Code::CHANGED)
+                    }
+                    None => tally.answered(&payload, "none", false),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let drained = fault_injection_tests::drain_queue(
+        &url,
+        &format!("{prefix}.event.TA"),
+        &tally,
+        Duration::from_millis(1000),
+    )
+    .await;
+    let figures = tally.figures();
+    println!(
+        "FIGURES lossy_events seed={seed:#x} clients={CLIENTS} {} drained={drained} {} adapter_dedup_hits={}",
+        figures.line(),
+        link.stats.summary(),
+        adapter.metric("coap_dedup_hits"),
+    );
+    assert!(
+        figures.lost.is_empty(),
+        "acknowledged events lost: {:?}",
+        figures.lost
+    );
+    for code in figures.codes.keys() {
+        assert!(code == "2.04" || code == "none", "{:?}", figures.codes);
+    }
+    assert!(figures.acknowledged as usize >= CLIENTS * PER_CLIENT * 95 / 100);
+    adapter.assert_alive();
+    let _ = std::fs::remove_file(registry);
+}
