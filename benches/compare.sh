@@ -192,11 +192,11 @@ measure() {
   [ "$server" = self ] && server=$lp
   # The CPU window: from just after the warm-up to just before the end
   # (the load process must still be alive for its own figure).
-  sleep "$(python3 -c "print($WARMUP + 0.1)")"
+  sleep "$CPU_LEAD"
   local t0 s0 b0 l0 t1 s1 b1 l1 rss=0
   t0=$(now); s0=$(cpu_ticks "$server"); l0=$(cpu_ticks "$lp"); b0=0
   [ "$broker" != - ] && b0=$(cpu_ticks "$broker")
-  sleep "$(python3 -c "print(max($DURATION - 0.4, 0.2))")"
+  sleep "$CPU_WINDOW"
   t1=$(now); s1=$(cpu_ticks "$server"); l1=$(cpu_ticks "$lp"); b1=0
   [ "$broker" != - ] && b1=$(cpu_ticks "$broker")
   rss=$(rss_kib "$server")
@@ -268,6 +268,13 @@ EOF
   [ "$ok" = 1 ] || echo "  (not ready: $(tail -2 "$err" | tr '\n' ' '))" >&2
   return 0
 }
+
+# CPU window of a point: from 0.1 s after the warm-up to ~1 s before the
+# load ends (process start-up on a busy machine eats into the margin, and
+# the load process must still be alive for its own figure).
+CPU_LEAD=$(python3 -c "print($WARMUP + 0.1)")
+CPU_WINDOW=$(python3 -c "print(round(max($DURATION * 0.8 - 0.3, 0.3), 2))")
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 PAYLOAD=(--payload-size 64)
 LOAD_TIMES=(--duration "${DURATION}s" --warmup "${WARMUP}s")
@@ -452,6 +459,6 @@ log "writing $OUT and docs/img/"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=""
 git diff --quiet HEAD -- crates bins 2>/dev/null || DIRTY=" (with uncommitted changes in crates/ or bins/)"
-export COMMIT DIRTY QUICK DURATION WARMUP FD_LIMIT ORIG_ARGS OBSERVERS DTLS_SESSIONS CONN_SESSIONS FIXED_CLIENTS
+export COMMIT DIRTY QUICK DURATION WARMUP FD_LIMIT ORIG_ARGS LOAD_START CPU_WINDOW OBSERVERS DTLS_SESSIONS CONN_SESSIONS FIXED_CLIENTS
 python3 "$ROOT/benches/compare_report.py" "$RESULTS" "$OUT" "$ROOT/docs/img"
 log "done"

@@ -231,8 +231,9 @@ def main():
     w("benches/compare.sh --keep     # keep the work directory (raw JSON, logs)")
     w("```")
     w("")
-    w(f"Machine: {mach['nproc']} cores, {mach['cpu']}, Linux {mach['kernel']}; load average at the end "
-      f"{mach['load']}; open-file limit {env.get('FD_LIMIT', '?')}. Client, servers and brokers share "
+    w(f"Machine: {mach['nproc']} cores, {mach['cpu']}, Linux {mach['kernel']}; load average "
+      f"{env.get('LOAD_START', '?')} at the start and {mach['load']} at the end (other work on the machine "
+      f"shows up here); open-file limit {env.get('FD_LIMIT', '?')}. Client, servers and brokers share "
       f"the same cores and nothing is pinned, so the generator's own CPU (column *bench CPU*) is taken "
       f"from the same budget as the server's. Each point runs {env.get('DURATION', '?')} s after "
       f"{env.get('WARMUP', '?')} s warm-up, closed loop (every client keeps one request in flight) "
@@ -259,8 +260,8 @@ def main():
     w("### Throughput, latency, CPU and memory")
     w("")
     w("*ok/s*: successful answers per second (2.xx; echoed datagrams for udp-echo; acks/confirms for "
-      "the plain clients). *CPU*: CPU seconds of the process under test (`/proc/PID/stat`) over the "
-      "measured window ÷ wall time, in cores; for the plain clients that process is the client itself. "
+      "the plain clients). *CPU*: CPU seconds of the process under test (`/proc/PID/stat`) over "
+      f"{env.get('CPU_WINDOW', '?')} s inside the measured window ÷ wall time, in cores; for the plain clients that process is the client itself. "
       "*broker CPU*: mosquitto / RabbitMQ's `beam.smp`. *RSS*: the process under test at the end of "
       "the point.")
     w("")
@@ -295,7 +296,12 @@ def main():
       "one was established, while they are idle), divided by the number established. The rate is "
       "how fast coap-bench set them up (32 DTLS handshakes in parallel; observers all at once over "
       "sockets of 50 observers each, as the endpoint allows 64 observe relations per peer; "
-      "connection-mode sessions one after another).")
+      "connection-mode sessions one after another). The observers' rate is the generator's, not "
+      "the gateway's: all registrations leave at once, the burst overflows the server's socket "
+      "buffer, and most of the set-up time is RFC 7252 retransmission back-off (observers still "
+      "unanswered after `--timeout` count as failed). The per-observer and per-session figures "
+      "include everything the process keeps for them, e.g. the endpoint's deduplication entry for "
+      "the registration's message id (kept for EXCHANGE_LIFETIME, 247 s), and allocator slack.")
     w("")
     w("| what | requested | established | RSS before → after (MiB) | per item | set-up rate |")
     w("| --- | ---: | ---: | --- | ---: | ---: |")
