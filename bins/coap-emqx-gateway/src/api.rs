@@ -25,10 +25,10 @@ use coap_endpoint::coap_codec::{Code, ContentFormat, Message, MessageType};
 use emqx_coap::gateway::{ClientQuery, ClientSummary, DeviceRequestError, Gateway};
 use gateway_kit::axum::extract::rejection::{JsonRejection, QueryRejection};
 use gateway_kit::axum::extract::{Path, Query, State};
-use gateway_kit::{ApiError, HumanDuration};
 use gateway_kit::axum::http::StatusCode;
 use gateway_kit::axum::routing::{get, post};
 use gateway_kit::axum::{Json, Router};
+use gateway_kit::{ApiError, HumanDuration};
 use serde::{Deserialize, Serialize};
 
 /// Longest wait for a device's answer.
@@ -367,8 +367,14 @@ mod tests {
             r#"{"method":"get","path":"a","content_format":"application/json"}"#,
         )
         .unwrap();
-        assert_eq!(to_message(&body).unwrap().content_format(), Some(ContentFormat(50)));
-        assert!(serde_json::from_str::<DeviceRequest>(r#"{"method":"get","path":"a","bogus":1}"#).is_err());
+        assert_eq!(
+            to_message(&body).unwrap().content_format(),
+            Some(ContentFormat(50))
+        );
+        assert!(
+            serde_json::from_str::<DeviceRequest>(r#"{"method":"get","path":"a","bogus":1}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) max_block_size: ByteSize,
     /// Largest request body (Block1 reassembled) and publish payload.
     pub(crate) max_body_size: ByteSize,
+    /// CON notifications waiting per device behind the one in flight.
+    pub(crate) max_queued_notifications: usize,
     /// Remember successful per-request authentications this long; none =
     /// verify the hash on every request.
     pub(crate) auth_cache_ttl: Option<HumanDuration>,
@@ -86,6 +88,7 @@ impl Default for Config {
             auth_file: None,
             max_block_size: ByteSize(1024),
             max_body_size: ByteSize(4 * 1024 * 1024),
+            max_queued_notifications: 100,
             auth_cache_ttl: None,
             observe_idle_lifetime: None,
             presence_node: None,
@@ -105,20 +108,21 @@ impl Default for Config {
 /// Every flag can also be set as `COAP_EMQX_<FLAG>` (e.g. `COAP_EMQX_BROKER`)
 /// or in the TOML file given with --config (keys as the flags, with `_`).
 #[derive(Debug, clap::Parser, Serialize)]
-#[command(name = "coap-emqx-gateway", version)]
+#[command(name = "coap-emqx-gateway", version, after_long_help = FILE_ONLY_KEYS)]
 pub(crate) struct Cli {
     /// Plain-UDP CoAP listener [default: 0.0.0.0:5683]; port 0 picks one.
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) udp: Option<SocketAddr>,
-    /// DTLS-PSK (coaps) listener, e.g. 0.0.0.0:5684; needs --psk-file.
-    /// Off unless given.
+    /// DTLS-PSK (coaps) listener, e.g. 0.0.0.0:5684; needs --psk-file
+    /// [default: off].
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) dtls: Option<SocketAddr>,
     /// DTLS keys: one `identity:secret` per line, `#` comments; write
     /// `identity:hex:0a1b...` for a binary key. The identity is the
-    /// clientid of requests that give none.
+    /// clientid of requests that give none. Required with --dtls
+    /// [default: none].
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) psk_file: Option<PathBuf>,
@@ -138,11 +142,13 @@ pub(crate) struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) mqtt_version: Option<String>,
     /// Connection mode: devices POST mqtt/connection first and send
-    /// clientid + token with every request.
+    /// clientid + token with every request (4.00 without, 4.01 with a wrong
+    /// token) [default: off: connectionless, clientid optional].
     #[arg(long)]
     pub(crate) connection_required: bool,
-    /// Heartbeat interval; a connection-mode session without a request for
-    /// 1.5 × this expires [default: 30s].
+    /// Heartbeat interval (e.g. 30s, 2m); a connection-mode session
+    /// without a request for 1.5 × this expires with its subscriptions
+    /// [default: 30s].
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) heartbeat: Option<HumanDuration>,
@@ -162,29 +168,49 @@ pub(crate) struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) subscribe_qos: Option<String>,
     /// Topic prefix for publish and subscribe, with `${clientid}` and
-    /// `${username}` placeholders, e.g. `devices/${clientid}/`.
+    /// `${username}` placeholders, e.g. `devices/${clientid}/`; devices
+    /// never see it [default: none].
     #[arg(long, value_name = "STR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) mountpoint: Option<String>,
-    /// Users (argon2/bcrypt hashes) and ACL rules, TOML. Without it
-    /// requests are anonymous.
+    /// Users (argon2/bcrypt password hashes) and ACL rules, TOML; with it
+    /// every request must authenticate and the ACL decides (deny when no
+    /// rule applies) [default: none: anonymous requests, no ACL].
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) auth_file: Option<PathBuf>,
-    /// Block size for block-wise responses and notifications, 16..1024
-    /// [default: 1024].
+    /// Block size (SZX) for block-wise responses and notifications: a
+    /// power of two from 16 to 1024 [default: 1024].
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_block_size: Option<ByteSize>,
-    /// Largest request body; larger gets 4.13 [default: 4MiB].
+    /// Largest request body (also reassembled from Block1) and publish
+    /// payload; larger gets 4.13. Units B, KiB, MiB [default: 4MiB].
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_body_size: Option<ByteSize>,
+    /// CON notifications that wait per device while one is in flight; when
+    /// full, the oldest is dropped (counted in coap_queue_drops_total). A
+    /// newer notification of the same observation replaces its queued one
+    /// [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_queued_notifications: Option<u32>,
     /// Operations flags.
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) ops: OpsArgs,
 }
+
+/// Shown at the end of `--help`: the keys only a config file sets.
+const FILE_ONLY_KEYS: &str = "\
+Config-file-only keys (TOML, --config FILE):
+  mqtt_username = \"gw\"            MQTT username of the shared connections [default: none]
+  mqtt_password = \"...\"           MQTT password of the shared connections; printed as \"***\" [default: none]
+  observe_idle_lifetime = \"10m\"   end connectionless observers idle this long [default: none: unlimited]
+  presence_node = \"node1\"         publish $SYS/brokers/<node>/gateway/coap/clients/<clientid>/connected|disconnected [default: none]
+  shutdown_grace = \"5s\"           how long in-flight requests may take after SIGINT/SIGTERM [default: 5s]
+  auth_cache_ttl = \"60s\"          remember a successful per-request login this long [default: none: check every request]";
 
 #[cfg(test)]
 mod tests {

@@ -105,10 +105,14 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     let mut endpoint_config = EndpointConfig::default();
     endpoint_config.max_block_size = config.max_block_size.as_usize();
     endpoint_config.max_body_size = config.max_body_size.as_usize();
-    // At most one CON notification in flight per peer; up to 100 more wait
-    // (oldest dropped and counted, a newer one for the same relation
-    // replaces the queued one).
-    endpoint_config.max_queued_per_peer = 100;
+    // At most one CON notification in flight per peer; up to
+    // `max_queued_notifications` (default 100) more wait (oldest dropped
+    // and counted, a newer one for the same relation replaces the queued
+    // one).
+    if config.max_queued_notifications == 0 {
+        bail!("max_queued_notifications must be at least 1");
+    }
+    endpoint_config.max_queued_per_peer = config.max_queued_notifications;
 
     // Bind everything before serving, so a port in use ends the process
     // before anything is announced as ready.

@@ -190,11 +190,8 @@ impl EndpointMetrics {
         handle: EndpointHandle,
     ) -> Result<Self, MetricsError> {
         let labels = [("listener", listener)];
-        let counter = |name: &str, help: &str| {
-            registry
-                .counter(name, help, &labels)
-                .map(TotalCounter::new)
-        };
+        let counter =
+            |name: &str, help: &str| registry.counter(name, help, &labels).map(TotalCounter::new);
         const REQUESTS: &str = "coap_requests_total";
         const REQUESTS_HELP: &str =
             "CoAP requests received (duplicates not counted), by listener and method.";

@@ -324,6 +324,7 @@ async fn management_api_lists_requests_and_kicks_clients() {
             .unwrap();
     assert_eq!(status, 200);
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let list = &list["data"];
     assert_eq!(list[0]["clientid"], "api-dev");
     assert_eq!(list[0]["username"], "u1");
     assert_eq!(list[0]["subscriptions"], 1);

@@ -61,8 +61,8 @@ pub fn unique() -> String {
     format!("{}-{nanos}-{n}", std::process::id())
 }
 
-/// The gateway binary, started with `--udp 127.0.0.1:0 --log debug` and
-/// the given arguments; killed on drop.
+/// The gateway binary, started with `--udp 127.0.0.1:0`, `--log debug`
+/// (unless `args` has `--log`) and the given arguments; killed on drop.
 pub struct Gateway {
     child: Option<Child>,
     pub udp: SocketAddr,
@@ -74,8 +74,12 @@ pub struct Gateway {
 impl Gateway {
     pub fn start(args: &[&str]) -> Self {
         let mut command = Command::new(BIN);
+        command.args(["--udp", "127.0.0.1:0"]);
+        // Debug logs (one line per request) unless the test picks a level.
+        if !args.contains(&"--log") {
+            command.args(["--log", "debug"]);
+        }
         command
-            .args(["--udp", "127.0.0.1:0", "--log", "debug"])
             .args(args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -639,4 +643,61 @@ impl Drop for PrivateMosquitto {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+// ---- HTTP (metrics, health, management API) ------------------------------
+
+/// `METHOD path` with an optional JSON body; returns status and body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        String::from_utf8(response).unwrap()
+    };
+    let response = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("HTTP answer within 30 s");
+    let status = response[9..12].parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    )
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// The value of one series (`name{labels}` exactly as rendered, or a bare
+/// name) in a Prometheus text scrape; `None` if absent.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }
