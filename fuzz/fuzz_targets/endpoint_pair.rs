@@ -20,9 +20,11 @@
 //!   reassembled under loss, duplication and reordering);
 //! - relations end only by an event or an application call.
 //!
-//! `COAP_FUZZ_SKIP_KNOWN=1` accepts an empty body for a POST/PUT: a Block2
-//! follow-up that misses the cache reaches the application as a new empty
-//! request (known bug in fuzz/README.md).
+//! `COAP_FUZZ_SKIP_KNOWN=1` steers around known bugs (fuzz/README.md): it
+//! accepts an empty body for a POST/PUT (a Block2 follow-up that misses the
+//! cache reaches the application as a new empty request) and does not check
+//! the whole body of an observe request's response (the client drops
+//! Observe from a block-wise response, which then ends the request).
 #![no_main]
 
 use std::collections::{HashMap, VecDeque};
@@ -253,7 +255,10 @@ impl Pair {
                             &response.payload[..response.payload.len().min(40)]
                         )
                     );
-                    if !t.observing && !keep && response.code == Code::CONTENT {
+                    // (skip mode: a block-wise observe response loses its
+                    // Observe option and may be a notification's body)
+                    let lost_observe = skip_known() && t.observe;
+                    if !t.observing && !keep && !lost_observe && response.code == Code::CONTENT {
                         assert_eq!(
                             &response.payload[..],
                             &pattern(t.n, response_len(t.n))[..],
