@@ -259,6 +259,7 @@ impl ClientTable {
             },
         );
         inner.order.push_back((peer, id, now));
+        tracing::info!(%peer, tenant, device, auth_id, transport = transport.as_str(), "client seen");
         // Items of entries removed otherwise than by eviction stay queued
         // until skipped; keep them from piling up.
         if inner.order.len() > inner.by_peer.len().saturating_mul(2).saturating_add(16) {
@@ -418,7 +419,10 @@ impl Inner {
                 self.order.push_back((peer, id, last));
                 continue;
             }
-            self.remove_peer(peer);
+            if let Some(evicted) = self.remove_peer(peer) {
+                tracing::debug!(%peer, tenant = %evicted.tenant_id, device = %evicted.device_id,
+                                "client table full: longest idle client dropped from the table");
+            }
             return true;
         }
         false
