@@ -9,7 +9,7 @@
 //!                                                        command waits ended) | 404
 //! GET    /api/clients/{tenant}/{device}/subscriptions  → [{"device_id", "waiting_ms",
 //!                                                        "remaining_ms"}] | 404
-//! client = {"tenant_id", "device_id", "auth_id", "peer", "transport",
+//! client = {"tenant_id", "device_id", "auth_id", "peer", "transport" (dtls | udp),
 //!           "idle_ms", "age_ms", "last_activity_unix_ms", "requests", "command_waits"}
 //! ```
 //!
@@ -92,10 +92,7 @@ impl ClientJson {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, millis);
         Self {
-            transport: match c.transport {
-                ClientTransport::Dtls => "dtls",
-                _ => "udp",
-            },
+            transport: c.transport.as_str(),
             idle_ms: millis(idle),
             age_ms: millis(now.saturating_duration_since(c.first_seen)),
             last_activity_unix_ms,

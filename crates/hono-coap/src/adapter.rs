@@ -363,8 +363,11 @@ impl HonoAdapter {
         let (target, request_id) = self
             .target(identity, code == Code::PUT, resource, &rest)
             .await?;
-        if let Some(peer) = peer {
-            self.record_client(peer, identity, &target);
+        // Authenticated clients are recorded at once; a plain-UDP client
+        // only once the device it names passed authorization, so random
+        // URIs cannot push real devices out of the bounded table.
+        if let (Some(peer), Some(identity)) = (peer, identity) {
+            self.record_client(peer, Some(identity), &target);
         }
         let confirmable = request.mtype == MessageType::Con;
         if resource != Resource::Telemetry && !confirmable {
@@ -374,6 +377,7 @@ impl HonoAdapter {
         match resource {
             Resource::CommandResponse => {
                 self.command_response(
+                    peer,
                     request,
                     &target,
                     request_id.unwrap_or_default(),
@@ -577,6 +581,9 @@ impl HonoAdapter {
             ));
         }
         let authorized = self.authorize(target).await?;
+        if let (Some(peer), true) = (peer, target.unauthenticated) {
+            self.record_client(peer, None, target);
+        }
         self.apply_ack_timeout(request, &authorized, set_ack_timeout);
         let now = SystemTime::now();
         self.meter.check(&authorized.tenant, body.len(), now)?;
@@ -863,6 +870,7 @@ impl HonoAdapter {
 
     async fn command_response(
         &self,
+        peer: Option<SocketAddr>,
         request: &Message,
         target: &Target,
         request_id: String,
@@ -876,6 +884,9 @@ impl HonoAdapter {
             .ok_or(RequestRejected::CommandStatus)?;
         let routing = RequestId::decode(&request_id)?;
         let authorized = self.authorize(target).await?;
+        if let (Some(peer), true) = (peer, target.unauthenticated) {
+            self.record_client(peer, None, target);
+        }
         self.apply_ack_timeout(request, &authorized, set_ack_timeout);
         let now = SystemTime::now();
         self.meter

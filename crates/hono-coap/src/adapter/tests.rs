@@ -1100,3 +1100,29 @@ fn client_table_capacity_comes_from_the_settings() {
     };
     assert_eq!(fixture_with(settings).adapter.clients().capacity(), 7);
 }
+
+#[tokio::test]
+async fn unauthenticated_clients_are_recorded_only_for_known_devices() {
+    let f = fixture();
+    let _telemetry = f.downstream.consume_telemetry(T);
+    for (port, uri) in [
+        (40010, "/t/DEFAULT_TENANT/no-such-device"),
+        (40011, "/t/no-such-tenant/4711"),
+        (40012, "/t/DEFAULT_TENANT/dev-off"),
+    ] {
+        let peer = Peer::new(SocketAddr::from(([127, 0, 0, 1], port)));
+        let answer = f
+            .adapter
+            .handle_from(Some(&peer), &put(uri, "x"), &|_| {})
+            .await;
+        assert_ne!(answer.code, Code::CHANGED, "{uri}");
+    }
+    assert!(f.adapter.clients().is_empty());
+    let peer = Peer::new(SocketAddr::from(([127, 0, 0, 1], 40013)));
+    let answer = f
+        .adapter
+        .handle_from(Some(&peer), &put("/t/DEFAULT_TENANT/4711", "x"), &|_| {})
+        .await;
+    assert_eq!(answer.code, Code::CHANGED);
+    assert_eq!(f.adapter.clients().len(), 1);
+}
