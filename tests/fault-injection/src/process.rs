@@ -122,9 +122,14 @@ impl GatewayProcess {
         http_get(self.addr("http"), "/metrics")
     }
 
-    /// The sum of every sample of `name` (all label sets) in `/metrics`.
+    /// The sum of every sample of `name` (all label sets) in `/metrics`;
+    /// a counter may carry the `_total` suffix. Fails the test when the
+    /// metric is missing, so a renamed metric never reads as 0.
     pub fn metric(&self, name: &str) -> f64 {
-        metric_sum(&self.metrics(), name)
+        let text = self.metrics();
+        metric_sum(&text, name)
+            .or_else(|| metric_sum(&text, &format!("{name}_total")))
+            .unwrap_or_else(|| panic!("{} exposes no metric {name}:\n{text}", self.name))
     }
 }
 
@@ -166,14 +171,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The sum of every sample of `name` in Prometheus text.
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
+/// The sum of every sample of `name` in Prometheus text, `None` when
+/// there is none.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let samples: Vec<f64> = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }

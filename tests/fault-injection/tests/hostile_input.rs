@@ -202,12 +202,23 @@ async fn answer(
     wait: Duration,
 ) -> Option<Message> {
     socket.send_to(bytes, to).await.unwrap();
+    // Only an ACK or RST echoing our message id answers us: a recycled
+    // ephemeral port may still receive some earlier peer's notifications.
+    let mid = bytes.get(2..4).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let deadline = Instant::now() + wait;
     let mut buf = vec![0u8; 2048];
-    let (n, _) = tokio::time::timeout(wait, socket.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    Some(Message::from_bytes(Bytes::copy_from_slice(&buf[..n])).expect("a parsable answer"))
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (n, _) = tokio::time::timeout(left, socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let m = Message::from_bytes(Bytes::copy_from_slice(&buf[..n])).expect("a parsable answer");
+        let echoes = matches!(m.mtype, MessageType::Ack | MessageType::Rst);
+        if echoes && Some(m.message_id) == mid {
+            return Some(m);
+        }
+    }
 }
 
 /// Checks every row once, then sends the table `repeats` times from 4
