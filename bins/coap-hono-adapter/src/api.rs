@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! GET    /api/clients[?tenant=&device=&auth_id=&like=&page=1&limit=100]
-//!            → {"data": [client], "meta": {"page", "limit", "count"}}
+//!            → {"data": [client], "meta": {"page", "limit", "count", "hasnext"}}
 //! GET    /api/clients/{tenant}/{device}                → client | 404
 //! DELETE /api/clients/{tenant}/{device}                → 204 (DTLS session closed,
 //!                                                        command waits ended) | 404
@@ -117,6 +117,7 @@ struct MetaJson {
     page: usize,
     limit: usize,
     count: usize,
+    hasnext: bool,
 }
 
 async fn list(
@@ -142,6 +143,7 @@ async fn list(
     let offset = (page - 1).saturating_mul(limit);
     let found = state.clients.search(&search, offset, limit);
     let (now, wall) = (Instant::now(), SystemTime::now());
+    let hasnext = offset.saturating_add(found.clients.len()) < found.total;
     Ok(Json(PageJson {
         data: found
             .clients
@@ -152,6 +154,7 @@ async fn list(
             page,
             limit,
             count: found.total,
+            hasnext,
         },
     }))
 }

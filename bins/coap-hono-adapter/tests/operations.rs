@@ -130,6 +130,9 @@ async fn management_api_lists_searches_pages_and_kicks() {
     assert_eq!(page["meta"]["count"], 2, "{page}");
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
     assert_eq!(page["data"][0]["device_id"], "4712", "sorted by device");
+    assert_eq!(page["meta"]["hasnext"], false);
+    let (_, page) = http_json(http, "GET", "/api/clients?device=471&limit=1").await;
+    assert_eq!(page["meta"]["hasnext"], true, "{page}");
     let (_, page) = http_json(http, "GET", "/api/clients?like=nobody").await;
     assert_eq!(page["meta"]["count"], 0);
     let (status, body) = http_json(http, "GET", "/api/clients?limit=0").await;
