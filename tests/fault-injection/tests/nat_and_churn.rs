@@ -421,3 +421,93 @@ async fn wait_observers(gw: &GatewayProcess, target: f64, within: Duration) -> D
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Connection mode: clients open a session, observe, and vanish without
+/// DELETE; the heartbeat (1 s → sessions expire after 1.5 s) ends sessions
+/// and relations; memory stays bounded round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_of_vanishing_sessions_expires_them() {
+    let long = std::env::var("FAULT_LONG").is_ok_and(|v| v == "1");
+    let (clients, rounds) = if long { (5_000, 5) } else { (500, 3) };
+    let mut gw = GatewayProcess::start(
+        "coap-emqx-gateway",
+        &[
+            "--udp",
+            "127.0.0.1:0",
+            "--connection-required",
+            "--heartbeat",
+            "1s",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &["udp", "http"],
+    );
+    let server = gw.addr("udp");
+    let prefix = format!("churn-s/{}", unique());
+    let baseline = gw.rss_kib();
+    let mut after = Vec::new();
+    let mut opened = 0;
+    for round in 0..rounds {
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let prefix = prefix.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = CoapClient::new(server).await;
+                let id = format!("s{round}-{i}-{}", unique());
+                let r = client
+                    .request(client.build(
+                        MessageType::Con,
+                        Code::POST,
+                        "mqtt/connection",
+                        &[&format!("clientid={id}")],
+                    ))
+                    .await;
+                if r.code() != Some(Code::CREATED) {
+                    return false;
+                }
+                let token = String::from_utf8(r.response.unwrap().payload.to_vec()).unwrap();
+                let observe = client
+                    .build(
+                        MessageType::Con,
+                        Code::GET,
+                        &format!("ps/{prefix}/{i}"),
+                        &[&format!("clientid={id}"), &format!("token={token}")],
+                    )
+                    .with_observe(0);
+                client.observe_token(&observe.token);
+                client.request(observe).await.code() == Some(Code::CONTENT)
+                // dropped here: the device vanishes without DELETE
+            }));
+            if i % 200 == 199 {
+                tokio::task::yield_now().await;
+            }
+        }
+        for t in tasks {
+            if t.await.unwrap() {
+                opened += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await; // /metrics refresh
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gw.metric("emqx_coap_sessions") + gw.metric("emqx_coap_observers") > 0.0 {
+            assert!(
+                Instant::now() < deadline,
+                "sessions did not expire: {} sessions, {} observers",
+                gw.metric("emqx_coap_sessions"),
+                gw.metric("emqx_coap_observers")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        after.push(gw.rss_kib());
+        gw.assert_alive();
+    }
+    println!(
+        "FIGURES churn_sessions long={long} clients={clients} rounds={rounds} sessions_opened_and_observing={opened} rss_baseline_kib={baseline} rss_after_rounds_kib={after:?}"
+    );
+    assert!(opened * 100 >= clients * rounds * 99, "{opened}");
+    let (first, last) = (after[0], *after.last().unwrap());
+    assert!(
+        last <= first + first / 4 + 4096,
+        "RSS grew round over round: {after:?}"
+    );
+}
