@@ -55,6 +55,14 @@ def fmt_cpu(x):
     return "–" if x is None else f"{x:.2f}"
 
 
+def cpu_per_answer(row):
+    """CPU µs the process under test spent per successful answer."""
+    rate = ok_rate(row)
+    if rate <= 0 or not row.get("cpu") or row["cpu"] <= 0:
+        return "–"
+    return f"{row['cpu'] / rate * 1e6:.1f}"
+
+
 def clients_of(row):
     m = re.search(r"c=(\d+)", row["row"])
     return int(m.group(1)) if m else None
@@ -262,15 +270,17 @@ def main():
     w("*ok/s*: successful answers per second (2.xx; echoed datagrams for udp-echo; acks/confirms for "
       "the plain clients). *CPU*: CPU seconds of the process under test (`/proc/PID/stat`) over "
       f"{env.get('CPU_WINDOW', '?')} s inside the measured window ÷ wall time, in cores; for the plain clients that process is the client itself. "
+      "*CPU µs / answer*: that CPU ÷ ok/s — what one answer costs the process, the figure that "
+      "decides on a machine whose cores are shared with the generator. "
       "*broker CPU*: mosquitto / RabbitMQ's `beam.smp`. *RSS*: the process under test at the end of "
       "the point.")
     w("")
-    w("| row | ok/s | p50 | p99 | timeouts / errors | CPU | broker CPU | bench CPU | RSS MiB | ratio to reference |")
-    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    w("| row | ok/s | p50 | p99 | timeouts / errors | CPU | CPU µs / answer | broker CPU | bench CPU | RSS MiB | ratio to reference |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in load:
         s = r.get("summary")
         if not s:
-            w(f"| {r['row']} | failed (exit {r['rc']}) | | | | | | | | `{html.escape(r.get('stderr', '')[-160:].strip().splitlines()[-1] if r.get('stderr', '').strip() else '')}` |")
+            w(f"| {r['row']} | failed (exit {r['rc']}) | | | | | | | | | `{html.escape(r.get('stderr', '')[-160:].strip().splitlines()[-1] if r.get('stderr', '').strip() else '')}` |")
             continue
         bad = s["responses"] - good(s)
         errs = f"{s['timeouts']} / {s['errors_total']}" + (f" (+{bad} non-2.xx)" if bad else "")
@@ -285,7 +295,9 @@ def main():
             # clients were idle part of the time (generator not scheduled).
             ratios.append(f"⚠ clients busy only {s['throughput_rps'] * lat_mean / 1e6 / s['clients'] * 100:.0f}% of the time")
         w(f"| {r['row']} | {fmt_rate(ok_rate(r))} | {fmt_us(s['latency_us']['p50'])} | "
-          f"{fmt_us(s['latency_us']['p99'])} | {errs} | {fmt_cpu(r['cpu'])} | {fmt_cpu(r['broker_cpu'])} | "
+          f"{fmt_us(s['latency_us']['p99'])} | {errs} | {fmt_cpu(r['cpu'])} | "
+          f"{cpu_per_answer(r)} | "
+          f"{fmt_cpu(r['broker_cpu'])} | "
           f"{fmt_cpu(r['bench_cpu'])} | {r['rss_kib'] / 1024:.1f} | {'; '.join(ratios)} |")
     w("")
 
