@@ -166,7 +166,20 @@ pub enum ConfigError {
     /// `observe_con_every` is zero.
     #[error("observe_con_every must be at least 1")]
     ConEvery,
+    /// A duration field is longer than [`MAX_CONFIG_DURATION`] (deadlines
+    /// computed from it could overflow the clock).
+    #[error("{0} is longer than the maximum of one year")]
+    DurationTooLong(&'static str),
+    /// `max_retransmit` (with `ack_timeout` and `ack_random_factor`) makes
+    /// the last retransmission timeout longer than [`MAX_CONFIG_DURATION`].
+    #[error("max_retransmit {0} makes the retransmission timeout exceed one year")]
+    MaxRetransmit(u32),
 }
+
+/// The longest duration any [`EndpointConfig`] field (or the largest
+/// retransmission timeout it implies) may have: one year. Deadlines are
+/// `now + duration`, which must not overflow the clock.
+pub const MAX_CONFIG_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl EndpointConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -182,6 +195,31 @@ impl EndpointConfig {
         }
         if self.observe_con_every == 0 {
             return Err(ConfigError::ConEvery);
+        }
+        let default_ack = match self.default_ack_timeout {
+            AckTimeout::After(delay) => delay,
+            AckTimeout::Never | AckTimeout::Immediately => Duration::ZERO,
+        };
+        for (name, value) in [
+            ("ack_timeout", self.ack_timeout),
+            ("exchange_lifetime", self.exchange_lifetime),
+            ("non_lifetime", self.non_lifetime),
+            ("response_timeout", self.response_timeout),
+            ("observe_con_interval", self.observe_con_interval),
+            ("reassembly_lifetime", self.reassembly_lifetime),
+            ("block_cache_lifetime", self.block_cache_lifetime),
+            ("default_ack_timeout", default_ack),
+        ] {
+            if value > MAX_CONFIG_DURATION {
+                return Err(ConfigError::DurationTooLong(name));
+            }
+        }
+        // The last retransmission waits ack_timeout * factor * 2^max_retransmit.
+        let longest = self.ack_timeout.as_secs_f64()
+            * self.ack_random_factor
+            * 2f64.powi(i32::try_from(self.max_retransmit).unwrap_or(i32::MAX));
+        if !longest.is_finite() || longest > MAX_CONFIG_DURATION.as_secs_f64() {
+            return Err(ConfigError::MaxRetransmit(self.max_retransmit));
         }
         Ok(())
     }
@@ -229,5 +267,33 @@ mod tests {
             ..EndpointConfig::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn durations_that_could_overflow_the_clock_are_refused() {
+        let config = EndpointConfig {
+            exchange_lifetime: Duration::MAX,
+            ..EndpointConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DurationTooLong("exchange_lifetime"))
+        );
+        let config = EndpointConfig {
+            default_ack_timeout: AckTimeout::After(Duration::MAX),
+            ..EndpointConfig::default()
+        };
+        assert!(config.validate().is_err());
+        let config = EndpointConfig {
+            max_retransmit: 64,
+            ..EndpointConfig::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::MaxRetransmit(64)));
+        let config = EndpointConfig {
+            ack_random_factor: 1e300,
+            ..EndpointConfig::default()
+        };
+        assert!(config.validate().is_err());
+        assert!(EndpointConfig::default().validate().is_ok());
     }
 }

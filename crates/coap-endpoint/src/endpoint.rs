@@ -1139,15 +1139,15 @@ impl Endpoint {
             match timeout {
                 AckTimeout::Never => pending.ack_deadline = None,
                 AckTimeout::Immediately => self.send_early_ack(&mut pending),
-                AckTimeout::After(delay) => {
-                    let at = pending.arrived + delay;
-                    if at <= now {
-                        self.send_early_ack(&mut pending);
-                    } else {
+                AckTimeout::After(delay) => match pending.arrived.checked_add(delay) {
+                    Some(at) if at <= now => self.send_early_ack(&mut pending),
+                    Some(at) => {
                         pending.ack_deadline = Some(at);
                         self.timers.push(Reverse((at, Timer::EarlyAck(id))));
                     }
-                }
+                    // Beyond the clock's range: never in practice.
+                    None => pending.ack_deadline = None,
+                },
             }
         }
         self.requests.insert(id, pending);

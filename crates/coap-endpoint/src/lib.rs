@@ -52,7 +52,8 @@ pub mod transport;
 mod types;
 
 pub use config::{
-    AckTimeout, ConfigError, EXCHANGE_LIFETIME, EndpointConfig, MAX_TRANSMIT_WAIT, NON_LIFETIME,
+    AckTimeout, ConfigError, EXCHANGE_LIFETIME, EndpointConfig, MAX_CONFIG_DURATION,
+    MAX_TRANSMIT_WAIT, NON_LIFETIME,
 };
 pub use endpoint::Endpoint;
 pub use link_format::{LinkResource, render_link_format};
