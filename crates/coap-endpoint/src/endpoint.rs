@@ -434,7 +434,20 @@ impl Endpoint {
         }
         let bytes = match response.to_bytes_with(&self.codec) {
             Ok(bytes) => bytes,
-            Err(_) => return,
+            Err(_) => {
+                // Never leave a request unanswered: 5.00 without options.
+                response = Message::new(response.mtype, Code::INTERNAL_SERVER_ERROR, 0)
+                    .with_token(response.token.clone());
+                response.message_id = if confirmable {
+                    request.message_id()
+                } else {
+                    self.fresh_mid()
+                };
+                match response.to_bytes_with(&self.codec) {
+                    Ok(bytes) => bytes,
+                    Err(_) => return,
+                }
+            }
         };
         self.counters.response_out(response.code);
         if confirmable {
@@ -1226,9 +1239,13 @@ impl Endpoint {
         }
         let block_size = 16usize << szx;
         let num = pending.block2.map_or(0, |b| b.num);
+        // The whole body, cached for the Block2 follow-ups only once the
+        // block sent now has encoded (else the follow-ups would be served
+        // a body that cannot be sent).
+        let mut full = None;
         if response.payload.len() > block_size || num > 0 {
             if response.payload.len() > block_size {
-                self.cache_body(now, &pending.peer, &pending.uri, &response);
+                full = Some(response.clone());
             }
             response = match segment(&response, num, szx) {
                 Some(block) => block,
@@ -1267,6 +1284,9 @@ impl Endpoint {
                 peer: pending.peer.clone(),
                 bytes,
             });
+        }
+        if let Some(full) = full {
+            self.cache_body(now, &pending.peer, &pending.uri, &full);
         }
         self.counters.response_out(code);
         Ok(relation)
@@ -1405,15 +1425,19 @@ impl Endpoint {
         let szx = rel.szx;
         let uri = rel.uri.clone();
         notification.remove_option(OptionNumber::BLOCK2);
-        if notification.payload.len() > 16usize << szx {
-            self.cache_body(now, &peer, &uri, &notification);
-            if let Some(first) = segment(&notification, 0, szx) {
-                notification = first;
-            }
+        let mut full = None;
+        if notification.payload.len() > 16usize << szx
+            && let Some(first) = segment(&notification, 0, szx)
+        {
+            full = Some(std::mem::replace(&mut notification, first));
         }
         // Refuse what cannot be encoded (e.g. an oversized option from the
-        // application) instead of queueing it.
+        // application) instead of queueing it — and cache the body for the
+        // Block2 follow-ups only when it encodes.
         notification.to_bytes_with(&self.codec)?;
+        if let Some(full) = full {
+            self.cache_body(now, &peer, &uri, &full);
+        }
         self.counters.stats.notifications += 1;
         self.counters.response_out(notification.code);
         if ends {

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use coap_endpoint::coap_codec::{Code, Message, MessageType};
+use coap_endpoint::coap_codec::{Block, Code, Message, MessageType, OptionNumber};
 use coap_endpoint::{AckTimeout, ConfigError, Endpoint, EndpointConfig, Event, Peer};
 
 fn config() -> EndpointConfig {
@@ -59,4 +59,89 @@ fn huge_lifetimes_are_refused_or_harmless() {
     let ack = Message::from_bytes(ep.poll_transmit().unwrap().bytes).unwrap();
     assert_eq!(ack.mtype, MessageType::Ack);
     assert_eq!(ack.code, Code::CONTENT);
+}
+
+/// Bug 3: a response that fails to encode is not cached for Block2; a CON
+/// follow-up is still answered (or reaches the application).
+#[test]
+fn a_block2_follow_up_of_an_unencodable_response_is_answered() {
+    let mut ep = Endpoint::new(config()).unwrap();
+    let now = Instant::now();
+    let peer = Peer::new("192.0.2.1:5683".parse().unwrap());
+    let get = Message::new(MessageType::Con, Code::GET, 1)
+        .with_token(&b"t"[..])
+        .with_uri_path("big");
+    ep.handle_datagram(now, peer.clone(), &get.to_bytes().unwrap());
+    let Some(Event::Request(req)) = ep.poll_event() else {
+        panic!("no request")
+    };
+    // Content-Format takes at most 2 bytes: this response cannot be encoded.
+    let response = Message::new(MessageType::Ack, Code::CONTENT, 0)
+        .with_option(OptionNumber::CONTENT_FORMAT, vec![1, 2, 3])
+        .with_payload(vec![b'x'; 3000]);
+    assert!(ep.respond(now, req.id, response).is_err());
+    let first = ep.poll_transmit().expect("5.00 for block 0");
+    assert_eq!(
+        Message::from_bytes(first.bytes).unwrap().code,
+        Code::INTERNAL_SERVER_ERROR
+    );
+
+    let follow_up = Message::new(MessageType::Con, Code::GET, 2)
+        .with_token(&b"u"[..])
+        .with_uri_path("big")
+        .with_block2(Block {
+            num: 1,
+            more: false,
+            szx: 6,
+        });
+    ep.handle_datagram(now, peer.clone(), &follow_up.to_bytes().unwrap());
+    assert_eq!(ep.stats().block2_cache_hits, 0, "nothing was cached");
+    let answered =
+        ep.poll_transmit().is_some() || matches!(ep.poll_event(), Some(Event::Request(_)));
+    assert!(
+        answered,
+        "a CON Block2 follow-up got neither an answer nor reached the application"
+    );
+}
+
+/// Bug 3 (notify): an unencodable block-wise notification is refused and
+/// leaves nothing in the Block2 cache.
+#[test]
+fn an_unencodable_notification_is_not_cached() {
+    let mut c = config();
+    c.max_block_size = 16;
+    let mut ep = Endpoint::new(c).unwrap();
+    let now = Instant::now();
+    let peer = Peer::new("192.0.2.1:5683".parse().unwrap());
+    let get = Message::new(MessageType::Con, Code::GET, 1)
+        .with_token(&b"t"[..])
+        .with_uri_path("obs")
+        .with_observe(0);
+    ep.handle_datagram(now, peer.clone(), &get.to_bytes().unwrap());
+    let Some(Event::Request(req)) = ep.poll_event() else {
+        panic!("no request")
+    };
+    let relation = ep
+        .respond(
+            now,
+            req.id,
+            Message::new(MessageType::Ack, Code::CONTENT, 0).with_observe(0),
+        )
+        .unwrap()
+        .unwrap();
+    while ep.poll_transmit().is_some() {}
+    let bad = Message::new(MessageType::Non, Code::CONTENT, 0)
+        .with_option(OptionNumber::CONTENT_FORMAT, vec![1, 2, 3])
+        .with_payload(vec![b'x'; 100]);
+    assert!(ep.notify(now, relation, bad, false).is_err());
+    let follow_up = Message::new(MessageType::Con, Code::GET, 2)
+        .with_token(&b"u"[..])
+        .with_uri_path("obs")
+        .with_block2(Block {
+            num: 1,
+            more: false,
+            szx: 0,
+        });
+    ep.handle_datagram(now, peer, &follow_up.to_bytes().unwrap());
+    assert_eq!(ep.stats().block2_cache_hits, 0);
 }
