@@ -513,6 +513,20 @@ impl Endpoint {
             self.reply_direct(now, &peer, msg, reply);
             return;
         }
+        // A follow-up (num > 0) whose body is no longer cached (expired,
+        // evicted, or a late datagram). Running an unsafe method again for
+        // it would execute the request twice (e.g. publish an empty
+        // message), so only GET and FETCH, which are safe, go to the
+        // application — with the Block2 option kept in effect: the
+        // application's answer is cut to the block asked for. Everything
+        // else gets 4.08: the client has to start over.
+        if block2.is_some_and(|b| b.num > 0) && !matches!(msg.code(), Code::GET | Code::FETCH) {
+            self.counters.stats.block2_cache_misses += 1;
+            let reply = Message::new(MessageType::Ack, Code::REQUEST_ENTITY_INCOMPLETE, 0)
+                .with_payload(&b"block-wise response no longer available"[..]);
+            self.reply_direct(now, &peer, msg, reply);
+            return;
+        }
 
         // Block1 reassembly (RFC 7959 §2.5).
         let mut body: Option<Bytes> = None;

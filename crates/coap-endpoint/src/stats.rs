@@ -81,6 +81,9 @@ pub struct Stats {
     pub block1_transfers: u64,
     /// Block2 follow-ups served from the cache.
     pub block2_cache_hits: u64,
+    /// Block2 follow-ups of a non-GET/FETCH request whose body was no
+    /// longer cached, answered 4.08 instead of running the request again.
+    pub block2_cache_misses: u64,
     /// Block2 cache entries evicted by the caps.
     pub block_cache_evictions: u64,
     /// Block1 transfers refused (4.08, 4.13, memory cap).

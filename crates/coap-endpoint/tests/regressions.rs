@@ -145,3 +145,53 @@ fn an_unencodable_notification_is_not_cached() {
     ep.handle_datagram(now, peer, &follow_up.to_bytes().unwrap());
     assert_eq!(ep.stats().block2_cache_hits, 0);
 }
+
+/// Bug 5: a Block2 follow-up of a POST that misses the cache is answered
+/// 4.08 and never handed to the application as a new (empty) POST; a GET
+/// follow-up goes to the application with its Block2 option in effect.
+#[test]
+fn a_post_block2_follow_up_without_cache_is_not_a_new_post() {
+    let mut ep = Endpoint::new(config()).unwrap();
+    let now = Instant::now();
+    let peer = Peer::new("192.0.2.1:5683".parse().unwrap());
+    let block3 = Block {
+        num: 3,
+        more: false,
+        szx: 0,
+    };
+    let follow_up = Message::new(MessageType::Con, Code::POST, 7)
+        .with_token(&b"t"[..])
+        .with_uri_path("ps/topic")
+        .with_block2(block3);
+    ep.handle_datagram(now, peer.clone(), &follow_up.to_bytes().unwrap());
+    assert!(
+        ep.poll_event().is_none(),
+        "the POST reached the application again"
+    );
+    let reply = Message::from_bytes(ep.poll_transmit().unwrap().bytes).unwrap();
+    assert_eq!(reply.code, Code::REQUEST_ENTITY_INCOMPLETE);
+    assert_eq!(reply.message_id, 7);
+    assert_eq!(ep.stats().block2_cache_misses, 1);
+    assert_eq!(ep.pending_requests(), 0);
+
+    // GET: the application answers again and the client gets block 3.
+    let get = Message::new(MessageType::Con, Code::GET, 8)
+        .with_token(&b"u"[..])
+        .with_uri_path("big")
+        .with_block2(block3);
+    ep.handle_datagram(now, peer, &get.to_bytes().unwrap());
+    let Some(Event::Request(req)) = ep.poll_event() else {
+        panic!("the GET follow-up did not reach the application")
+    };
+    assert!(req.message.block2().is_none());
+    let body: Vec<u8> = (0..100u8).collect();
+    ep.respond(
+        now,
+        req.id,
+        Message::new(MessageType::Ack, Code::CONTENT, 0).with_payload(body),
+    )
+    .unwrap();
+    let reply = Message::from_bytes(ep.poll_transmit().unwrap().bytes).unwrap();
+    assert_eq!(reply.block2().unwrap().num, 3);
+    assert_eq!(&reply.payload[..], &(48..64u8).collect::<Vec<_>>()[..]);
+}
