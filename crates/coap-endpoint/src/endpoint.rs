@@ -200,6 +200,9 @@ struct ClientRequest {
     deadline: Option<Instant>,
     block1: Option<(usize, u8)>,
     block2_body: Vec<u8>,
+    /// The first Block2 block (payload removed): its options (Observe,
+    /// Content-Format, ETag, …) are those of the reassembled response.
+    block2_first: Option<Message>,
 }
 
 #[derive(Debug)]
@@ -1666,6 +1669,7 @@ impl Endpoint {
             deadline: None,
             block1,
             block2_body: Vec::new(),
+            block2_first: None,
         };
         let first = client_block1_message(&client);
         first.to_bytes_with(&self.codec)?;
@@ -1817,6 +1821,9 @@ impl Endpoint {
         if let Some(b2) = msg.block2() {
             if b2.num == 0 {
                 client.block2_body.clear();
+                let mut first = msg.to_message();
+                first.payload = Bytes::new();
+                client.block2_first = Some(first);
             }
             if b2.offset() != client.block2_body.len() {
                 if observing {
@@ -1852,6 +1859,11 @@ impl Endpoint {
         }
         let mut response = msg.to_message();
         if msg.block2().is_some() && !observing {
+            // The reassembled response carries the first block's options:
+            // the follow-ups' answers have no Observe (RFC 7959 §3.4).
+            if let Some(first) = client.block2_first.take() {
+                response = first;
+            }
             response.payload = Bytes::from(std::mem::take(&mut client.block2_body));
             response.remove_option(OptionNumber::BLOCK2);
         }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use coap_endpoint::coap_codec::{Block, Code, Message, MessageType, OptionNumber};
+use coap_endpoint::coap_codec::{Block, Code, ContentFormat, Message, MessageType, OptionNumber};
 use coap_endpoint::{AckTimeout, ConfigError, Endpoint, EndpointConfig, Event, Peer};
 
 fn config() -> EndpointConfig {
@@ -194,4 +194,83 @@ fn a_post_block2_follow_up_without_cache_is_not_a_new_post() {
     let reply = Message::from_bytes(ep.poll_transmit().unwrap().bytes).unwrap();
     assert_eq!(reply.block2().unwrap().num, 3);
     assert_eq!(&reply.payload[..], &(48..64u8).collect::<Vec<_>>()[..]);
+}
+
+/// Bug 6: a block-wise response to an observe registration keeps the first
+/// block's Observe option and the client keeps observing.
+#[test]
+fn a_block_wise_observe_response_keeps_observing() {
+    let mk = |seed| {
+        let mut c = config();
+        c.rng_seed = Some(seed);
+        c.max_block_size = 16;
+        Endpoint::new(c).unwrap()
+    };
+    let (mut client, mut server) = (mk(1), mk(2));
+    let cp = Peer::new("198.51.100.1:40000".parse().unwrap());
+    let sp = Peer::new("198.51.100.2:5683".parse().unwrap());
+    let now = Instant::now();
+    let get = Message::new(MessageType::Con, Code::GET, 0)
+        .with_uri_path("obs")
+        .with_observe(0);
+    let id = client.send_request(now, sp.clone(), get, true).unwrap();
+    let mut response = None;
+    let mut relation = None;
+    for _ in 0..50 {
+        while let Some(t) = client.poll_transmit() {
+            server.handle_datagram(now, cp.clone(), &t.bytes);
+        }
+        while let Some(Event::Request(req)) = server.poll_event() {
+            let r = Message::new(MessageType::Ack, Code::CONTENT, 0)
+                .with_observe(0)
+                .with_content_format(ContentFormat::TEXT_PLAIN)
+                .with_payload(vec![b'x'; 100]);
+            if let Some(rel) = server.respond(now, req.id, r).unwrap() {
+                relation = Some(rel);
+            }
+        }
+        while let Some(t) = server.poll_transmit() {
+            client.handle_datagram(now, sp.clone(), &t.bytes);
+        }
+        while let Some(e) = client.poll_event() {
+            if let Event::Response {
+                request,
+                response: r,
+                ..
+            } = e
+            {
+                assert_eq!(request, id);
+                response = Some(r);
+            }
+        }
+    }
+    let response = response.expect("a response");
+    assert_eq!(response.payload.len(), 100);
+    assert!(response.block2().is_none());
+    assert!(
+        response.observe().is_some(),
+        "reassembled observe response lost its Observe option"
+    );
+    assert_eq!(response.content_format(), Some(ContentFormat::TEXT_PLAIN));
+    // Still observing: a notification reaches the client request.
+    let relation = relation.expect("relation");
+    server
+        .notify(
+            now,
+            relation,
+            Message::new(MessageType::Non, Code::CONTENT, 0).with_payload(&b"n"[..]),
+            false,
+        )
+        .unwrap();
+    while let Some(t) = server.poll_transmit() {
+        client.handle_datagram(now, sp.clone(), &t.bytes);
+    }
+    assert!(matches!(
+        client.poll_event(),
+        Some(Event::Response { request, .. }) if request == id
+    ));
+    assert!(
+        client.cancel_request(id),
+        "the observation ended after its first block-wise response"
+    );
 }
