@@ -338,3 +338,122 @@ async fn con_events_through_a_lossy_link_reach_rabbitmq_at_least_once() {
     adapter.assert_alive();
     let _ = std::fs::remove_file(registry);
 }
+
+/// DTLS-PSK devices on the Hono-mode adapter behind the lossy link: the
+/// handshake survives the loss (flights are retransmitted) and CON events
+/// that got 2.04 are all in the durable queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtls_handshakes_and_events_survive_a_lossy_link() {
+    use coap_dtls::{ClientConfig, DtlsClient, DtlsConnector};
+    use coap_endpoint::coap_codec::Message;
+
+    let url = fault_injection_tests::amqp_url();
+    let registry = fault_injection_tests::hono_registry::registry_file();
+    let prefix = format!("fd{:x}", rand::random::<u32>());
+    let mut adapter = GatewayProcess::start(
+        "coap-hono-adapter",
+        &[
+            "--registry",
+            registry.to_str().unwrap(),
+            "--dtls",
+            "127.0.0.1:0",
+            "--amqp",
+            &url,
+            "--exchange-prefix",
+            &prefix,
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &["dtls", "http"],
+    );
+    let seed = 0x5eed_0004;
+    let link = LossyLink::start(adapter.addr("dtls"), LOSSY, seed).await;
+    let (identity, key) = fault_injection_tests::hono_registry::D0;
+    let connector = DtlsConnector::new(ClientConfig::new(identity, key)).unwrap();
+    let tally = Tally::default();
+    const SESSIONS: usize = 3;
+    const PER_SESSION: usize = 10;
+    let mut handshake_times = Vec::new();
+    let mut retransmissions = 0;
+    let mut handshake_attempts = 0;
+    for s in 0..SESSIONS {
+        let started = Instant::now();
+        // A device whose handshake gives up starts a new one, as real ones do.
+        let mut client = None;
+        for _ in 0..4 {
+            handshake_attempts += 1;
+            if let Ok(Ok(c)) = tokio::time::timeout(
+                Duration::from_secs(30),
+                DtlsClient::connect(&connector, link.addr()),
+            )
+            .await
+            {
+                client = Some(c);
+                break;
+            }
+        }
+        let mut client = client.expect("a handshake over the lossy link within 4 attempts");
+        handshake_times.push(started.elapsed());
+        for i in 0..PER_SESSION {
+            let payload = format!("s{s}-{i}");
+            let mid = (s * 100 + i) as u16;
+            let request = Message::new(MessageType::Con, Code::POST, mid)
+                .with_token(bytes::Bytes::copy_from_slice(&mid.to_be_bytes()))
+                .with_uri_path("e")
+                .with_content_format(coap_endpoint::coap_codec::ContentFormat::TEXT_PLAIN)
+                .with_payload(payload.clone().into_bytes());
+            tally.sent();
+            let bytes = request.to_bytes().unwrap();
+            let mut answer = None;
+            // CON retransmission with the same message id: 300 ms, doubling
+            'attempts: for attempt in 0..7u32 {
+                if attempt > 0 {
+                    retransmissions += 1;
+                }
+                client.send(&bytes).await.unwrap();
+                let deadline = Instant::now() + Duration::from_millis(300 << attempt);
+                while let Some(datagram) = client
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .await
+                    .unwrap()
+                {
+                    let Ok(m) = Message::from_bytes(datagram) else {
+                        continue;
+                    };
+                    if m.token == request.token && m.code.is_response() {
+                        answer = Some(m.code);
+                        break 'attempts;
+                    }
+                }
+            }
+            match answer {
+                Some(code) => tally.answered(&payload, &code.to_string(), code == Code::CHANGED),
+                None => tally.answered(&payload, "none", false),
+            }
+        }
+    }
+    let drained = fault_injection_tests::drain_queue(
+        &url,
+        &format!("{prefix}.event.TA"),
+        &tally,
+        Duration::from_millis(1000),
+    )
+    .await;
+    let figures = tally.figures();
+    println!(
+        "FIGURES lossy_dtls seed={seed:#x} sessions={SESSIONS} handshake_attempts={handshake_attempts} handshakes={handshake_times:?} {} drained={drained} client_retransmissions={retransmissions} {}",
+        figures.line(),
+        link.stats.summary(),
+    );
+    assert!(
+        figures.lost.is_empty(),
+        "acknowledged events lost: {:?}",
+        figures.lost
+    );
+    for code in figures.codes.keys() {
+        assert!(code == "2.04" || code == "none", "{:?}", figures.codes);
+    }
+    assert!(figures.acknowledged as usize >= SESSIONS * PER_SESSION * 9 / 10);
+    adapter.assert_alive();
+    let _ = std::fs::remove_file(registry);
+}
