@@ -660,6 +660,15 @@ impl Endpoint {
             );
             self.reassembly_order
                 .push_back((expires, serial, key.clone()));
+            // Completed, restarted and refused transfers leave their entry
+            // behind until it expires; drop the dead ones once they
+            // outnumber the live ones, so that the list stays within
+            // 2 × max_reassemblies + 16 whatever the datagram rate.
+            if self.reassembly_order.len() > 2 * self.reassemblies.len() + 16 {
+                let live = &self.reassemblies;
+                self.reassembly_order
+                    .retain(|(_, serial, key)| live.get(key).is_some_and(|r| r.serial == *serial));
+            }
         }
         let Some(assembly) = self.reassemblies.get_mut(&key) else {
             // RFC 7959 §2.5: a block without the start of its body.
@@ -820,6 +829,17 @@ impl Endpoint {
         );
         self.exchange_order
             .push_back((expires, serial, peer.clone(), mid));
+        // Entries evicted by the per-peer cap stay in the order list until
+        // they expire; drop the dead ones once they outnumber the live
+        // ones (amortised O(1)), so that the list follows the live entries
+        // rather than the datagram rate × exchange_lifetime.
+        if self.exchange_order.len() > 2 * self.exchanges.len() + 16 {
+            let live = &self.exchanges;
+            self.exchange_order.retain(|(_, serial, peer, mid)| {
+                live.get(&(peer.clone(), *mid))
+                    .is_some_and(|e| e.serial == *serial)
+            });
+        }
         if confirmable {
             self.set_exchange_state(peer, mid, ExchangeState::Pending { ack: None });
         }
