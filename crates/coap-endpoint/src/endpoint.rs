@@ -1023,6 +1023,21 @@ impl Endpoint {
         self.transmits.push_back(Transmit { peer, bytes });
     }
 
+    /// True if a separate response (or final notification) for `peer` can
+    /// be sent or queued: nothing in flight, room in the queue, or a queued
+    /// notification it may displace (a newer notification supersedes it
+    /// anyway, RFC 7641 §4.5.2).
+    fn separate_slot_available(&self, peer: &Peer) -> bool {
+        self.peers.get(peer).is_none_or(|state| {
+            state.in_flight.is_none()
+                || state.queue.len() < self.config.max_queued_per_peer
+                || state
+                    .queue
+                    .iter()
+                    .any(|q| matches!(q.purpose, Purpose::Notification(_)))
+        })
+    }
+
     /// Sends a CON now if the peer has no CON in flight (NSTART 1), else
     /// queues it. Returns false if it had to be dropped.
     fn enqueue_con(
@@ -1065,6 +1080,20 @@ impl Endpoint {
             }
         } else if matches!(purpose, Purpose::Request(_)) && state.queue.len() >= cap {
             return false;
+        } else if state.queue.len() >= cap {
+            // A separate response: displace the oldest queued notification,
+            // else drop it (callers check `separate_slot_available` first).
+            self.counters.stats.queue_drops += 1;
+            let oldest = state
+                .queue
+                .iter()
+                .position(|q| matches!(q.purpose, Purpose::Notification(_)));
+            match oldest {
+                Some(index) => {
+                    state.queue.remove(index);
+                }
+                None => return false,
+            }
         }
         state.queue.push_back(Outgoing { message, purpose });
         true
@@ -1161,6 +1190,13 @@ impl Endpoint {
             .ok_or(RespondError::UnknownRequest)?;
         if let Some(state) = self.peers.get_mut(&pending.peer) {
             state.pending = state.pending.saturating_sub(1);
+        }
+        let separate = pending.confirmable && pending.ack_sent;
+        if separate && !self.separate_slot_available(&pending.peer) {
+            // Bounded like every other queued CON: refuse rather than
+            // queue without limit for a peer that does not acknowledge.
+            self.counters.stats.queue_drops += 1;
+            return Err(RespondError::QueueFull);
         }
         match self.finish_response(now, &pending, response) {
             Ok(relation) => Ok(relation),
@@ -1480,9 +1516,12 @@ impl Endpoint {
         if ends {
             // The final notification supersedes anything still queued for
             // the relation; it goes out as a plain CON of its own so that
-            // ending the relation does not discard it.
+            // ending the relation does not discard it. The relation ends
+            // even if the peer's queue is full (it then is not told).
             self.cancel_relation(relation, None);
-            self.enqueue_con(now, &peer, notification, Purpose::Separate(None));
+            if !self.enqueue_con(now, &peer, notification, Purpose::Separate(None)) {
+                return Err(NotifyError::QueueFull);
+            }
             return Ok(());
         }
         let in_flight_same = self

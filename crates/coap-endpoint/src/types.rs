@@ -143,6 +143,12 @@ pub enum RespondError {
     /// The response cannot be encoded; the client got 5.00 instead.
     #[error("response cannot be encoded: {0}")]
     Encode(#[from] EncodeError),
+    /// The response had to go as a separate CON, but the peer already has
+    /// `max_queued_per_peer` confirmable messages waiting behind the one in
+    /// flight (it does not acknowledge). The response was not sent and the
+    /// request is finished; an observe registration made no relation.
+    #[error("too many messages queued for this peer; response not sent")]
+    QueueFull,
 }
 
 /// Why [`Endpoint::notify`](crate::Endpoint::notify) failed.
@@ -155,6 +161,12 @@ pub enum NotifyError {
     /// The notification cannot be encoded.
     #[error("notification cannot be encoded: {0}")]
     Encode(#[from] EncodeError),
+    /// A final (non-2.xx) notification could not be queued: the peer
+    /// already has `max_queued_per_peer` confirmable messages waiting and
+    /// none of them is a notification it could replace. The relation has
+    /// ended all the same, but the observer was not told.
+    #[error("too many messages queued for this peer; final notification not sent")]
+    QueueFull,
 }
 
 /// Why [`Endpoint::send_request`](crate::Endpoint::send_request) failed.

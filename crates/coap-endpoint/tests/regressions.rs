@@ -10,7 +10,9 @@
 use std::time::{Duration, Instant};
 
 use coap_endpoint::coap_codec::{Block, Code, ContentFormat, Message, MessageType, OptionNumber};
-use coap_endpoint::{AckTimeout, ConfigError, Endpoint, EndpointConfig, Event, Peer};
+use coap_endpoint::{
+    AckTimeout, ConfigError, Endpoint, EndpointConfig, Event, NotifyError, Peer, RespondError,
+};
 
 fn config() -> EndpointConfig {
     let mut c = EndpointConfig::default();
@@ -273,4 +275,61 @@ fn a_block_wise_observe_response_keeps_observing() {
         client.cancel_request(id),
         "the observation ended after its first block-wise response"
     );
+}
+
+/// Bug 1: when a peer's CON queue is full, a separate response displaces
+/// a queued notification rather than being refused; a final notification
+/// that finds no room is refused with `QueueFull` and still ends the
+/// relation.
+#[test]
+fn separate_responses_displace_queued_notifications_first() {
+    let mut c = config();
+    c.default_ack_timeout = AckTimeout::Immediately;
+    c.max_queued_per_peer = 1;
+    let mut ep = Endpoint::new(c).unwrap();
+    let now = Instant::now();
+    let peer = Peer::new("192.0.2.1:5683".parse().unwrap());
+    let request = |ep: &mut Endpoint, mid: u16, observe: bool| {
+        let mut get = Message::new(MessageType::Con, Code::GET, mid)
+            .with_token(vec![mid as u8])
+            .with_uri_path("x");
+        if observe {
+            get = get.with_observe(0);
+        }
+        ep.handle_datagram(now, peer.clone(), &get.to_bytes().unwrap());
+        while ep.poll_transmit().is_some() {}
+        let Some(Event::Request(req)) = ep.poll_event() else {
+            panic!("no request")
+        };
+        req.id
+    };
+    let ok = || Message::new(MessageType::Ack, Code::CONTENT, 0);
+    // Relation via a separate response: it is in flight (never ACKed).
+    let obs = request(&mut ep, 1, true);
+    let relation = ep.respond(now, obs, ok().with_observe(0)).unwrap().unwrap();
+    // A CON notification queues behind it.
+    ep.notify(now, relation, ok(), true).unwrap();
+    // A separate response displaces that notification.
+    let second = request(&mut ep, 2, false);
+    assert_eq!(ep.respond(now, second, ok()), Ok(None));
+    assert_eq!(ep.stats().queue_drops, 1);
+    // The next one finds the queue full of responses: refused.
+    let third = request(&mut ep, 3, false);
+    assert_eq!(ep.respond(now, third, ok()), Err(RespondError::QueueFull));
+    assert_eq!(ep.stats().queue_drops, 2);
+    assert_eq!(ep.pending_requests(), 0);
+    // An observe registration refused this way makes no relation.
+    let fourth = request(&mut ep, 4, true);
+    assert_eq!(
+        ep.respond(now, fourth, ok().with_observe(0)),
+        Err(RespondError::QueueFull)
+    );
+    assert_eq!(ep.stats().observers, 1);
+    // A final notification without room ends the relation all the same.
+    let gone = Message::new(MessageType::Con, Code::NOT_FOUND, 0);
+    assert_eq!(
+        ep.notify(now, relation, gone, true),
+        Err(NotifyError::QueueFull)
+    );
+    assert_eq!(ep.relation_peer(relation), None);
 }
