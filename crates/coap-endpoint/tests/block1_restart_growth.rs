@@ -36,6 +36,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+// The dedup map (std HashMap, randomly seeded) may resize once at a
+// run-dependent moment (~70-140 KB); linear growth (the bug) was
+// ~3 MB over this run, so the bound is 512 KiB.
 #[test]
 fn restarting_block1_transfers_keep_memory_bounded() {
     let mut config = EndpointConfig::default();
@@ -71,7 +74,7 @@ fn restarting_block1_transfers_keep_memory_bounded() {
     let growth = LIVE.load(Ordering::Relaxed) - after_warmup;
     // One reassembly, 256 dedup entries: steady state after the warm-up.
     assert!(
-        growth < 64 * 1024,
+        growth < 512 * 1024,
         "live heap grew by {growth} bytes over 20 000 restarts"
     );
 }

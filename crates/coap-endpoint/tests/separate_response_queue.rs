@@ -38,6 +38,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+// The dedup map (std HashMap, randomly seeded) may resize once at a
+// run-dependent moment (~70-140 KB); linear growth (the bug) was
+// ~2.8 MB over this run, so the bound is 512 KiB.
 #[test]
 fn unacknowledged_separate_responses_stay_bounded() {
     let mut config = EndpointConfig::default();
@@ -80,7 +83,7 @@ fn unacknowledged_separate_responses_stay_bounded() {
     }
     let growth = LIVE.load(Ordering::Relaxed) - warm;
     assert!(
-        growth < 64 * 1024,
+        growth < 512 * 1024,
         "live heap grew by {growth} bytes over 4000 requests in 40 s (after a 30 s warm-up)"
     );
     // One in flight + 4 queued at a time; the in-flight one gives up after
