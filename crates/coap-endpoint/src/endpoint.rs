@@ -1554,16 +1554,44 @@ impl Endpoint {
     /// Moves every observe relation of `old` (and its queued notifications)
     /// to `new`, e.g. when a device behind a NAT shows up with a new port.
     /// Returns the number of relations moved.
+    ///
+    /// Relations already at `new` stay. A relation of `old` whose token
+    /// `new` already uses, and the oldest ones beyond
+    /// `max_relations_per_peer` at `new`, are not moved but ended with
+    /// [`Event::ObserveCancelled`] ([`CancelReason::NotRebound`]).
     pub fn rebind(&mut self, now: Instant, old: &Peer, new: Peer) -> usize {
         if *old == new {
             return 0;
         }
-        let ids: Vec<RelationId> = self
+        let mut candidates: Vec<RelationId> = self
             .relations
             .iter()
             .filter(|(_, r)| r.peer == *old)
             .map(|(id, _)| *id)
             .collect();
+        // Newest first: ids grow with time.
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        let room = self
+            .config
+            .max_relations_per_peer
+            .saturating_sub(self.peers.get(&new).map_or(0, |p| p.relations));
+        let mut ids = Vec::new();
+        let mut refused = Vec::new();
+        for id in candidates {
+            let collides = self.relations.get(&id).is_some_and(|r| {
+                self.relation_index
+                    .contains_key(&(new.clone(), r.token.clone()))
+            });
+            if collides || ids.len() >= room {
+                refused.push(id);
+            } else {
+                ids.push(id);
+            }
+        }
+        for id in refused {
+            // Still at `old`: its queued notifications go with it.
+            self.cancel_relation(id, Some(CancelReason::NotRebound));
+        }
         for id in &ids {
             if let Some(relation) = self.relations.get_mut(id) {
                 self.relation_index
@@ -1578,14 +1606,14 @@ impl Endpoint {
         if let Some(state) = self.peers.get_mut(old) {
             state.relations = state.relations.saturating_sub(ids.len());
             if let Some(flight) = state.in_flight.as_ref()
-                && matches!(flight.purpose, Purpose::Notification(_))
+                && matches!(flight.purpose, Purpose::Notification(r) if ids.contains(&r))
             {
                 moved_flight = state.in_flight.take();
             }
             let (notifications, rest): (VecDeque<Outgoing>, VecDeque<Outgoing>) = state
                 .queue
                 .drain(..)
-                .partition(|q| matches!(q.purpose, Purpose::Notification(_)));
+                .partition(|q| matches!(q.purpose, Purpose::Notification(r) if ids.contains(&r)));
             state.queue = rest;
             moved_queue.extend(notifications);
         }

@@ -81,6 +81,10 @@ pub enum CancelReason {
     /// The client registered again with the same token and the application
     /// answered without Observe.
     Declined,
+    /// [`rebind`](crate::Endpoint::rebind) could not move the relation to
+    /// the new address: the new address already holds a relation with the
+    /// same token, or `max_relations_per_peer` relations.
+    NotRebound,
 }
 
 /// Why a client request failed.

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use coap_endpoint::coap_codec::{Block, Code, ContentFormat, Message, MessageType, OptionNumber};
 use coap_endpoint::{
-    AckTimeout, ConfigError, Endpoint, EndpointConfig, Event, NotifyError, Peer, RespondError,
+    AckTimeout, CancelReason, ConfigError, Endpoint, EndpointConfig, Event, NotifyError, Peer,
+    RelationId, RespondError,
 };
 
 fn config() -> EndpointConfig {
@@ -332,4 +333,97 @@ fn separate_responses_displace_queued_notifications_first() {
         Err(NotifyError::QueueFull)
     );
     assert_eq!(ep.relation_peer(relation), None);
+}
+
+fn observe(ep: &mut Endpoint, now: Instant, peer: &Peer, mid: u16, token: &[u8]) -> RelationId {
+    let get = Message::new(MessageType::Con, Code::GET, mid)
+        .with_token(token.to_vec())
+        .with_uri_path("obs")
+        .with_observe(0);
+    ep.handle_datagram(now, peer.clone(), &get.to_bytes().unwrap());
+    while ep.poll_transmit().is_some() {}
+    let Some(Event::Request(req)) = ep.poll_event() else {
+        panic!("no request")
+    };
+    let response = Message::new(MessageType::Ack, Code::CONTENT, 0).with_observe(0);
+    let relation = ep
+        .respond(now, req.id, response)
+        .unwrap()
+        .expect("relation");
+    while ep.poll_transmit().is_some() {}
+    relation
+}
+
+fn not_rebound(ep: &mut Endpoint) -> Vec<RelationId> {
+    let mut ended = Vec::new();
+    while let Some(event) = ep.poll_event() {
+        if let Event::ObserveCancelled {
+            relation,
+            reason: CancelReason::NotRebound,
+            ..
+        } = event
+        {
+            ended.push(relation);
+        }
+    }
+    ended
+}
+
+/// Bug 4: `rebind` respects `max_relations_per_peer` at the new address;
+/// the oldest relations that do not fit end with an event.
+#[test]
+fn rebind_respects_the_per_peer_relation_cap() {
+    let mut c = config();
+    c.max_relations_per_peer = 3;
+    let mut ep = Endpoint::new(c).unwrap();
+    let now = Instant::now();
+    let a = Peer::new("192.0.2.1:5683".parse().unwrap());
+    let b = Peer::new("192.0.2.2:5683".parse().unwrap());
+    let a1 = observe(&mut ep, now, &a, 1, b"1");
+    let a2 = observe(&mut ep, now, &a, 2, b"2");
+    let b3 = observe(&mut ep, now, &b, 3, b"3");
+    let b4 = observe(&mut ep, now, &b, 4, b"4");
+    assert_eq!(ep.rebind(now, &a, b.clone()), 1);
+    assert_eq!(not_rebound(&mut ep), vec![a1]);
+    for r in [a2, b3, b4] {
+        assert_eq!(ep.relation_peer(r), Some(&b));
+    }
+    assert_eq!(ep.relation_peer(a1), None);
+    // The moved relation is reachable at b: deregistering ends it.
+    let dereg = Message::new(MessageType::Con, Code::GET, 5)
+        .with_token(&b"2"[..])
+        .with_uri_path("obs")
+        .with_observe(1);
+    ep.handle_datagram(now, b.clone(), &dereg.to_bytes().unwrap());
+    assert_eq!(ep.relation_peer(a2), None);
+    assert_eq!(ep.stats().observers, 2);
+}
+
+/// Bug 4: a relation whose token the new address already uses is not
+/// moved over the other one (it ends with an event); both stay reachable.
+#[test]
+fn rebind_keeps_relations_with_the_same_token_apart() {
+    let mut ep = Endpoint::new(config()).unwrap();
+    let now = Instant::now();
+    let a = Peer::new("192.0.2.1:5683".parse().unwrap());
+    let b = Peer::new("192.0.2.2:5683".parse().unwrap());
+    let on_a = observe(&mut ep, now, &a, 1, b"t");
+    let on_b = observe(&mut ep, now, &b, 2, b"t");
+    assert_eq!(ep.rebind(now, &a, b.clone()), 0);
+    assert_eq!(not_rebound(&mut ep), vec![on_a]);
+    assert_eq!(ep.relation_peer(on_b), Some(&b));
+    let dereg = Message::new(MessageType::Con, Code::GET, 3)
+        .with_token(&b"t"[..])
+        .with_uri_path("obs")
+        .with_observe(1);
+    ep.handle_datagram(now, b.clone(), &dereg.to_bytes().unwrap());
+    let alive = [on_a, on_b]
+        .iter()
+        .filter(|r| ep.relation_peer(**r).is_some())
+        .count();
+    assert_eq!(
+        alive, 0,
+        "a relation with the same token became unreachable"
+    );
+    assert_eq!(ep.stats().observers, 0);
 }
