@@ -1,7 +1,7 @@
 //! The device registry the Hono-mode tests use: two tenants, devices for
 //! load, a gateway and PSK credentials, written to a temporary file.
 
-use std::path::PathBuf;
+use crate::temp_file::{TempFile, temp_file};
 
 /// Tenant A: devices `d0`..`d15`, gateway `gw`, device `dv` (via `gw`),
 /// device `solo` (no via). Tenant B: device `b1`.
@@ -35,8 +35,6 @@ pub const GW: (&str, &str) = ("gw@TA", "secret-gw");
 pub const B1: (&str, &str) = ("b1@TB", "secret-b");
 
 /// Writes [`REGISTRY`] to a fresh temporary file.
-pub fn registry_file() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("fault-registry-{}.json", crate::unique()));
-    std::fs::write(&path, REGISTRY).unwrap();
-    path
+pub fn registry_file() -> TempFile {
+    temp_file("registry.json", REGISTRY)
 }

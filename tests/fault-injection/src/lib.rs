@@ -28,6 +28,7 @@ pub mod load;
 pub mod lossy_link;
 pub mod process;
 pub mod tally;
+pub mod temp_file;
 
 pub use binaries::gateway_binary;
 pub use brokers::{MqttWitness, PrivateMosquitto, PrivateRabbit, amqp_url, drain_queue, mqtt_url};
@@ -36,6 +37,7 @@ pub use load::{Load, MakeRequest};
 pub use lossy_link::{LinkConfig, LinkStats, LossyLink};
 pub use process::GatewayProcess;
 pub use tally::{Figures, Tally};
+pub use temp_file::{TempFile, temp_file};
 
 /// A string no other test (or run) uses, for topic and exchange prefixes.
 pub fn unique() -> String {

@@ -387,7 +387,7 @@ async fn malformed_and_random_datagrams_get_their_answer_and_change_nothing() {
     for (before, after) in [(rss_before.0, rss_after.0), (rss_before.1, rss_after.1)] {
         assert!(after < before + 32 * 1024, "RSS {before} -> {after} KiB");
     }
-    let _ = std::fs::remove_file(registry);
+    drop(registry);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,7 +585,7 @@ async fn spoofed_dtls_client_hello_flood_creates_no_state() {
         rss_after < rss_before + 16 * 1024,
         "RSS {rss_before} -> {rss_after}"
     );
-    let _ = std::fs::remove_file(registry);
+    drop(registry);
 }
 
 async fn connect(client: &CoapClient, id: &str) -> String {
@@ -794,5 +794,5 @@ async fn cross_tenant_and_foreign_device_access_is_refused() {
     .await;
     println!("FIGURES cross_tenant {outcomes:?} wrong_key_handshake=refused");
     adapter.assert_alive();
-    let _ = std::fs::remove_file(registry);
+    drop(registry);
 }

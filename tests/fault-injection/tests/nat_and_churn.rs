@@ -241,7 +241,7 @@ async fn dtls_client_from_a_new_port_handshakes_again_and_loses_nothing() {
     assert!(sessions >= 1.0 && sessions <= PORTS as f64, "{sessions}");
     adapter.assert_alive();
     drop(old_sessions);
-    let _ = std::fs::remove_file(registry);
+    drop(registry);
 }
 
 /// Many clients observe and vanish without a word; the idle lifetime ends
@@ -250,10 +250,8 @@ async fn dtls_client_from_a_new_port_handshakes_again_and_loses_nothing() {
 async fn churn_of_vanishing_observers_keeps_memory_bounded() {
     let long = std::env::var("FAULT_LONG").is_ok_and(|v| v == "1");
     let (clients, rounds) = if long { (10_000, 10) } else { (2_000, 3) };
-    let dir = std::env::temp_dir().join(format!("fault-churn-{}", unique()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, "observe_idle_lifetime = \"3s\"\n").unwrap();
+    let config =
+        fault_injection_tests::temp_file("gateway.toml", "observe_idle_lifetime = \"3s\"\n");
     let mut gw = GatewayProcess::start(
         "coap-emqx-gateway",
         &[
@@ -347,7 +345,7 @@ async fn churn_of_vanishing_observers_keeps_memory_bounded() {
             "RSS grew round over round: {after:?} (baseline {baseline})"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
+    drop(config);
 }
 
 /// `clients` sockets each register an observation and vanish (the socket is
