@@ -1198,9 +1198,19 @@ impl Endpoint {
             self.counters.stats.queue_drops += 1;
             return Err(RespondError::QueueFull);
         }
+        let key = (pending.peer.clone(), pending.token.clone());
+        let existing = self.relation_index.get(&key).copied();
         match self.finish_response(now, &pending, response) {
             Ok(relation) => Ok(relation),
             Err(error) => {
+                // A relation this failed answer established was never the
+                // application's: end it silently (the 5.00 below would
+                // otherwise report it as declined).
+                if let Some(new) = self.relation_index.get(&key).copied()
+                    && Some(new) != existing
+                {
+                    self.cancel_relation(new, None);
+                }
                 let fallback = Message::new(MessageType::Ack, Code::INTERNAL_SERVER_ERROR, 0);
                 let _ = self.finish_response(now, &pending, fallback);
                 Err(RespondError::Encode(error))

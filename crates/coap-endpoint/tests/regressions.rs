@@ -427,3 +427,36 @@ fn rebind_keeps_relations_with_the_same_token_apart() {
     );
     assert_eq!(ep.stats().observers, 0);
 }
+
+/// Found after the fixes (endpoint_sequence): an observe registration
+/// answered with a response that cannot be encoded made a relation the
+/// application never got, then reported it as declined.
+#[test]
+fn an_unencodable_observe_answer_makes_no_relation() {
+    let mut ep = Endpoint::new(config()).unwrap();
+    let now = Instant::now();
+    let peer = Peer::new("192.0.2.1:5683".parse().unwrap());
+    let get = Message::new(MessageType::Con, Code::GET, 1)
+        .with_token(&b"t"[..])
+        .with_uri_path("obs")
+        .with_observe(0);
+    ep.handle_datagram(now, peer.clone(), &get.to_bytes().unwrap());
+    let Some(Event::Request(req)) = ep.poll_event() else {
+        panic!("no request")
+    };
+    let bad = Message::new(MessageType::Ack, Code::CONTENT, 0)
+        .with_observe(0)
+        .with_option(OptionNumber::CONTENT_FORMAT, vec![1, 2, 3]);
+    assert!(matches!(
+        ep.respond(now, req.id, bad),
+        Err(RespondError::Encode(_))
+    ));
+    assert!(
+        ep.poll_event().is_none(),
+        "event for a relation never handed out"
+    );
+    assert_eq!(ep.stats().observers, 0);
+    let reply = Message::from_bytes(ep.poll_transmit().unwrap().bytes).unwrap();
+    assert_eq!(reply.code, Code::INTERNAL_SERVER_ERROR);
+    assert!(reply.observe().is_none());
+}
