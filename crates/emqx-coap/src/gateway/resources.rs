@@ -163,10 +163,17 @@ impl Gateway {
             }
             let client = match state.sessions.get(&clientid) {
                 Some(session) if tokens_equal(&session.token, token) => session.client.clone(),
-                _ => {
+                Some(_) => {
+                    // A wrong token for a live session: this is what token
+                    // guessing looks like, so it counts against the limit.
                     state.limiter.record(&keys, now);
                     return Err(Failure::Unauthorized("bad clientid or token".into()));
                 }
+                // No session (never opened, or expired while the device
+                // slept): there is no token to guess, so nothing is counted;
+                // counting it would lock out NAT neighbours of a device that
+                // merely woke up with a stale token.
+                None => return Err(Failure::Unauthorized("bad clientid or token".into())),
             };
             let moved = state.sessions.touch(&clientid, listener, peer, now);
             if let Some((old_listener, old_peer)) = &moved {

@@ -131,9 +131,25 @@ impl Sessions {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum LimitKey {
     /// The sender's IP address (all ports: NAT rebinding does not reset it).
+    /// Many devices may share one address behind a NAT, so an address gets
+    /// [`ADDRESS_LIMIT_FACTOR`] times the per-client limit.
     Ip(IpAddr),
     /// The clientid the token was presented for.
     Client(String),
+}
+
+/// How many times the per-client limit one IP address may fail before it is
+/// refused: devices behind one NAT share the address, and one misbehaving
+/// device must not lock out its neighbours.
+pub(crate) const ADDRESS_LIMIT_FACTOR: u32 = 10;
+
+impl LimitKey {
+    fn limit(&self, per_client: u32) -> u32 {
+        match self {
+            LimitKey::Ip(_) => per_client.saturating_mul(ADDRESS_LIMIT_FACTOR),
+            LimitKey::Client(_) => per_client,
+        }
+    }
 }
 
 /// Counts bad tokens per key in fixed windows; a key with `limit` failures
@@ -160,9 +176,13 @@ impl BadTokenLimiter {
     /// `Some(wait)` if any of `keys` is over its limit at `now`.
     pub(crate) fn blocked(&self, keys: &[LimitKey], now: Instant) -> Option<Duration> {
         keys.iter()
-            .filter_map(|k| self.entries.get(k))
-            .filter(|(count, start)| *count >= self.limit && now < *start + self.window)
-            .map(|(_, start)| (*start + self.window).saturating_duration_since(now))
+            .filter_map(|k| {
+                self.entries
+                    .get(k)
+                    .map(|entry| (k.limit(self.limit), entry))
+            })
+            .filter(|(limit, (count, start))| *count >= *limit && now < *start + self.window)
+            .map(|(_, (_, start))| (*start + self.window).saturating_duration_since(now))
             .max()
     }
 
@@ -302,6 +322,17 @@ mod tests {
             LimitKey::Client("a".into()),
         ];
         assert!(l.blocked(&same_client, t0).is_some());
+        // Only the address matches: a NAT neighbour is not blocked until the
+        // address has failed ADDRESS_LIMIT_FACTOR times as often.
+        let neighbour = [
+            LimitKey::Ip([10, 0, 0, 1].into()),
+            LimitKey::Client("n".into()),
+        ];
+        assert_eq!(l.blocked(&neighbour, t0), None);
+        for _ in 3..3 * ADDRESS_LIMIT_FACTOR {
+            l.record(&[LimitKey::Ip([10, 0, 0, 1].into())], t0);
+        }
+        assert!(l.blocked(&neighbour, t0).is_some());
         assert_eq!(l.blocked(&keys, t0 + Duration::from_secs(10)), None);
         // A new window starts counting from zero.
         l.record(&keys, t0 + Duration::from_secs(11));

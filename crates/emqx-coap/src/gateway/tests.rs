@@ -521,6 +521,45 @@ async fn repeated_bad_tokens_are_rate_limited() {
 }
 
 #[tokio::test]
+async fn stale_tokens_do_not_lock_out_nat_neighbours() {
+    let f = fixture(GatewaySettings {
+        bad_token_limit: 3,
+        bad_token_window: Duration::from_secs(10),
+        ..connection_mode()
+    });
+    let t0 = Instant::now();
+    // Two devices behind one NAT address (same IP, different ports).
+    let token = f.connect(&peer(1), "good", t0).await;
+    for i in 0..20 {
+        // Sleepers whose sessions expired present their old tokens.
+        let r = f
+            .at(
+                &peer(2),
+                req(
+                    Code::PUT,
+                    "mqtt/connection",
+                    &[&format!("c=sleeper{i}"), "t=12345"],
+                ),
+                t0,
+            )
+            .await;
+        assert_eq!(r.response.code, Code::UNAUTHORIZED, "sleeper {i}");
+    }
+    let r = f
+        .at(
+            &peer(1),
+            req(
+                Code::PUT,
+                "mqtt/connection",
+                &["c=good", &format!("t={token}")],
+            ),
+            t0,
+        )
+        .await;
+    assert_eq!(r.response.code, Code::CHANGED);
+}
+
+#[tokio::test]
 async fn dtls_identity_is_the_default_clientid() {
     let f = fixture(connection_mode());
     let now = Instant::now();
