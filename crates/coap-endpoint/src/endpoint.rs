@@ -588,7 +588,7 @@ impl Endpoint {
                 AckTimeout::After(delay) => {
                     let at = now + delay;
                     pending.ack_deadline = Some(at);
-                    self.timers.push(Reverse((at, Timer::EarlyAck(id))));
+                    self.push_timer(at, Timer::EarlyAck(id));
                 }
             }
         }
@@ -942,7 +942,7 @@ impl Endpoint {
             request.phase = ClientPhase::AwaitingSeparate;
             let at = now + self.config.response_timeout;
             request.deadline = Some(at);
-            self.timers.push(Reverse((at, Timer::ClientDeadline(id))));
+            self.push_timer(at, Timer::ClientDeadline(id));
         }
         self.send_next_queued(now, peer);
     }
@@ -1013,13 +1013,13 @@ impl Endpoint {
         }
         let (mid, next_at, bytes) = (flight.mid, flight.next_at, flight.bytes.clone());
         self.counters.stats.retransmissions += 1;
-        self.timers.push(Reverse((
+        self.push_timer(
             next_at,
             Timer::Retransmit {
                 peer: peer.clone(),
                 mid,
             },
-        )));
+        );
         self.transmits.push_back(Transmit { peer, bytes });
     }
 
@@ -1127,13 +1127,13 @@ impl Endpoint {
             next_at,
             replacement: None,
         });
-        self.timers.push(Reverse((
+        self.push_timer(
             next_at,
             Timer::Retransmit {
                 peer: peer.clone(),
                 mid,
             },
-        )));
+        );
         self.transmits.push_back(Transmit {
             peer: peer.clone(),
             bytes,
@@ -1239,7 +1239,7 @@ impl Endpoint {
                     Some(at) if at <= now => self.send_early_ack(&mut pending),
                     Some(at) => {
                         pending.ack_deadline = Some(at);
-                        self.timers.push(Reverse((at, Timer::EarlyAck(id))));
+                        self.push_timer(at, Timer::EarlyAck(id));
                     }
                     // Beyond the clock's range: never in practice.
                     None => pending.ack_deadline = None,
@@ -1631,22 +1631,27 @@ impl Endpoint {
         if let Some(mut flight) = moved_flight {
             // Re-send the in-flight notification to the new address now,
             // keeping its retransmission state.
-            let new_state = self.peers.entry(new.clone()).or_default();
-            if new_state.in_flight.is_none() {
+            let new_idle = self
+                .peers
+                .get(&new)
+                .is_none_or(|state| state.in_flight.is_none());
+            if new_idle {
                 flight.next_at = now + flight.timeout;
-                self.timers.push(Reverse((
-                    flight.next_at,
-                    Timer::Retransmit {
-                        peer: new.clone(),
-                        mid: flight.mid,
-                    },
-                )));
+                let (next_at, mid) = (flight.next_at, flight.mid);
                 self.transmits.push_back(Transmit {
                     peer: new.clone(),
                     bytes: flight.bytes.clone(),
                 });
-                new_state.in_flight = Some(flight);
+                self.peers.entry(new.clone()).or_default().in_flight = Some(flight);
+                self.push_timer(
+                    next_at,
+                    Timer::Retransmit {
+                        peer: new.clone(),
+                        mid,
+                    },
+                );
             } else if let Ok(message) = Message::from_bytes(flight.bytes.clone()) {
+                let new_state = self.peers.entry(new.clone()).or_default();
                 new_state.queue.push_front(Outgoing {
                     message: flight.replacement.unwrap_or(message),
                     purpose: flight.purpose,
@@ -1773,7 +1778,7 @@ impl Endpoint {
         if !confirmable {
             let at = now + self.config.response_timeout;
             client.deadline = Some(at);
-            self.timers.push(Reverse((at, Timer::ClientDeadline(id))));
+            self.push_timer(at, Timer::ClientDeadline(id));
         }
         self.client.insert(id, client);
         self.client_tokens.insert((peer.clone(), token), id);
@@ -1807,7 +1812,7 @@ impl Endpoint {
         } else {
             let at = now + self.config.response_timeout;
             client.deadline = Some(at);
-            self.timers.push(Reverse((at, Timer::ClientDeadline(id))));
+            self.push_timer(at, Timer::ClientDeadline(id));
             message.mtype = MessageType::Non;
             message.message_id = self.fresh_mid();
             self.send_message(&peer, &message);
@@ -1984,6 +1989,44 @@ impl Endpoint {
     // small helpers
     // ----------------------------------------------------------------
 
+    /// Schedules `timer`. Timers are not removed when they become moot
+    /// (answered requests, ACKed CONs, replaced deadlines: they are
+    /// skipped when due), so once the heap holds twice as many as can be
+    /// live, the dead and duplicate ones are dropped (amortised O(log n)).
+    fn push_timer(&mut self, at: Instant, timer: Timer) {
+        let live_bound = self.peers.len() + self.requests.len() + self.client.len();
+        if self.timers.len() >= 2 * live_bound + 64 {
+            let mut kept: Vec<Reverse<(Instant, Timer)>> = std::mem::take(&mut self.timers)
+                .into_vec()
+                .into_iter()
+                .filter(|Reverse((at, timer))| self.timer_is_live(*at, timer))
+                .collect();
+            kept.sort_unstable();
+            kept.dedup();
+            self.timers = BinaryHeap::from(kept);
+        }
+        self.timers.push(Reverse((at, timer)));
+    }
+
+    /// Whether a scheduled timer would still do something when due (the
+    /// same tests its handlers apply).
+    fn timer_is_live(&self, at: Instant, timer: &Timer) -> bool {
+        match timer {
+            Timer::Retransmit { peer, mid } => self
+                .peers
+                .get(peer)
+                .and_then(|p| p.in_flight.as_ref())
+                .is_some_and(|f| f.mid == *mid && f.next_at == at),
+            Timer::EarlyAck(id) => self
+                .requests
+                .get(id)
+                .is_some_and(|p| !p.ack_sent && p.ack_deadline == Some(at)),
+            Timer::ClientDeadline(id) => {
+                self.client.get(id).is_some_and(|c| c.deadline == Some(at))
+            }
+        }
+    }
+
     fn fresh_mid(&mut self) -> u16 {
         let mid = self.next_mid;
         self.next_mid = self.next_mid.wrapping_add(1);
@@ -2073,4 +2116,65 @@ fn uri_key(msg: &MessageRef<'_>) -> Vec<u8> {
         key.extend_from_slice(entry);
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        let config = EndpointConfig {
+            rng_seed: Some(1),
+            ..EndpointConfig::default()
+        };
+        Endpoint::new(config).unwrap()
+    }
+
+    #[test]
+    fn moot_timers_do_not_pile_up() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let peer = Peer::new("192.0.2.1:5683".parse().unwrap());
+        // Answered requests leave their early-ACK timer (default After(1 s)).
+        for mid in 0..5000u16 {
+            let get = Message::new(MessageType::Con, Code::GET, mid).with_uri_path("x");
+            ep.handle_datagram(now, peer.clone(), &get.to_bytes().unwrap());
+            let Some(Event::Request(req)) = ep.poll_event() else {
+                panic!("no request")
+            };
+            ep.respond(
+                now,
+                req.id,
+                Message::new(MessageType::Ack, Code::CONTENT, 0),
+            )
+            .unwrap();
+            while ep.poll_transmit().is_some() {}
+        }
+        assert!(
+            ep.timers.len() <= 2 + 64 + 1,
+            "{} timers",
+            ep.timers.len()
+        );
+        // Repeated set_ack_timeout on one request.
+        let get = Message::new(MessageType::Con, Code::GET, 9999).with_uri_path("x");
+        ep.handle_datagram(now, peer.clone(), &get.to_bytes().unwrap());
+        let Some(Event::Request(req)) = ep.poll_event() else {
+            panic!("no request")
+        };
+        for ms in 0..5000u64 {
+            let delay = Duration::from_millis(2000 + ms % 3);
+            ep.set_ack_timeout(now, req.id, AckTimeout::After(delay))
+                .unwrap();
+        }
+        assert!(
+            ep.timers.len() <= 2 * 2 + 64 + 1,
+            "{} timers",
+            ep.timers.len()
+        );
+        // The live one still fires.
+        ep.handle_timeout(now + Duration::from_millis(2002));
+        let ack = Message::from_bytes(ep.poll_transmit().unwrap().bytes).unwrap();
+        assert_eq!(ack.mtype, MessageType::Ack);
+        assert!(ack.code.is_empty());
+    }
 }
