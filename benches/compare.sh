@@ -161,7 +161,7 @@ stop() { # pid: stop one process we started
 
 # gateway_addr LOGFILE WHAT: the address a gateway logged for WHAT (udp/dtls)
 gateway_addr() {
-  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -o "what=$2 addr=[0-9.]*:[0-9]*" | head -1 | sed 's/.*addr=//'
+  sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null | grep -o "what=$2 addr=[0-9.]*:[0-9]*" | head -1 | sed 's/.*addr=//'
 }
 start_gateway() { # NAME WHAT-TO-WAIT-FOR args… ; sets GW_PID
   local name=$1 what=$2 i
