@@ -19,12 +19,6 @@
 //! - the server application gets whole, correct request bodies (Block1
 //!   reassembled under loss, duplication and reordering);
 //! - relations end only by an event or an application call.
-//!
-//! `COAP_FUZZ_SKIP_KNOWN=1` steers around known bugs (fuzz/README.md): it
-//! accepts an empty body for a POST/PUT (a Block2 follow-up that misses the
-//! cache reaches the application as a new empty request) and does not check
-//! the whole body of an observe request's response (the client drops
-//! Observe from a block-wise response, which then ends the request).
 #![no_main]
 
 use std::collections::{HashMap, VecDeque};
@@ -95,11 +89,6 @@ enum ReqKind {
 enum Side {
     Client,
     Server,
-}
-
-fn skip_known() -> bool {
-    static SKIP: OnceLock<bool> = OnceLock::new();
-    *SKIP.get_or_init(|| std::env::var_os("COAP_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"))
 }
 
 fn base() -> Instant {
@@ -255,10 +244,7 @@ impl Pair {
                             &response.payload[..response.payload.len().min(40)]
                         )
                     );
-                    // (skip mode: a block-wise observe response loses its
-                    // Observe option and may be a notification's body)
-                    let lost_observe = skip_known() && t.observe;
-                    if !t.observing && !keep && !lost_observe && response.code == Code::CONTENT {
+                    if !t.observing && !keep && response.code == Code::CONTENT {
                         assert_eq!(
                             &response.payload[..],
                             &pattern(t.n, response_len(t.n))[..],
@@ -298,8 +284,7 @@ impl Pair {
                     .and_then(|p| p.value_str())
                     .and_then(|v| v.parse().ok())
                     .expect("request states its length");
-                let cache_miss = skip_known() && req.message.payload.is_empty();
-                if req.message.code != Code::GET && !cache_miss {
+                if req.message.code != Code::GET {
                     assert_eq!(
                         &req.message.payload[..],
                         &pattern(n, len)[..],
