@@ -1178,6 +1178,11 @@ impl Endpoint {
     /// For an observe registration ([`IncomingRequest::observe_registration`]),
     /// a 2.xx response carrying an Observe option establishes a relation
     /// whose id is returned; the endpoint sets the Observe value.
+    ///
+    /// A separate response waits behind the peer's CON in flight; when
+    /// `max_queued_per_peer` are already waiting it displaces the oldest
+    /// queued notification, else it is not sent and this returns
+    /// [`RespondError::QueueFull`] (the request is finished either way).
     pub fn respond(
         &mut self,
         now: Instant,
@@ -2150,11 +2155,7 @@ mod tests {
             .unwrap();
             while ep.poll_transmit().is_some() {}
         }
-        assert!(
-            ep.timers.len() <= 2 + 64 + 1,
-            "{} timers",
-            ep.timers.len()
-        );
+        assert!(ep.timers.len() <= 2 + 64 + 1, "{} timers", ep.timers.len());
         // Repeated set_ack_timeout on one request.
         let get = Message::new(MessageType::Con, Code::GET, 9999).with_uri_path("x");
         ep.handle_datagram(now, peer.clone(), &get.to_bytes().unwrap());
