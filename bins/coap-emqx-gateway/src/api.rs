@@ -5,7 +5,9 @@
 //! GET    /api/clients[?clientid=&username=&peer=&like=&page=1&limit=100]
 //!            → {"data": [client], "meta": {"page", "limit", "count", "hasnext"}}
 //! GET    /api/clients/{clientid}                → client | 404
-//! DELETE /api/clients/{clientid}                → 204 (session ended) | 404
+//! DELETE /api/clients/{clientid}                → 204 (session ended; over DTLS also
+//!                                                the DTLS session, so the device needs a
+//!                                                new handshake) | 404
 //! GET    /api/clients/{clientid}/subscriptions  → [{filter, qos}] | 404
 //! POST   /api/clients/{clientid}/request        {method, path, query?, payload?, content_format?,
 //!                                                timeout?} → {code, payload, content_format?,
@@ -19,12 +21,14 @@
 //! spells them; `like` matches any of clientid, username, peer. Given
 //! filters must all match. Pages start at 1.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use coap_endpoint::DtlsTransport;
 use coap_endpoint::coap_codec::{Code, ContentFormat, Message, MessageType};
-use emqx_coap::gateway::{ClientQuery, ClientSummary, DeviceRequestError, Gateway};
+use emqx_coap::gateway::{ClientQuery, ClientSummary, DeviceRequestError, Gateway, ListenerId};
 use gateway_kit::axum::extract::rejection::{JsonRejection, QueryRejection};
-use gateway_kit::axum::extract::{Path, Query, State};
+use gateway_kit::axum::extract::{FromRef, Path, Query, State};
 use gateway_kit::axum::http::StatusCode;
 use gateway_kit::axum::routing::{get, post};
 use gateway_kit::axum::{Json, Router};
@@ -40,14 +44,34 @@ const DEFAULT_LIMIT: usize = 100;
 /// Largest page size.
 const MAX_LIMIT: usize = 1000;
 
-/// The routes, with the gateway as state.
-pub(crate) fn router(gateway: Gateway) -> Router {
+/// The DTLS listener: its id in the gateway and its transport (to close a
+/// kicked client's DTLS session).
+#[derive(Clone)]
+pub(crate) struct DtlsListener {
+    pub(crate) id: ListenerId,
+    pub(crate) transport: Arc<DtlsTransport>,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    gateway: Gateway,
+    dtls: Option<DtlsListener>,
+}
+
+impl FromRef<ApiState> for Gateway {
+    fn from_ref(state: &ApiState) -> Gateway {
+        state.gateway.clone()
+    }
+}
+
+/// The routes, with the gateway and the DTLS listener (if any) as state.
+pub(crate) fn router(gateway: Gateway, dtls: Option<DtlsListener>) -> Router {
     Router::new()
         .route("/api/clients", get(list))
         .route("/api/clients/{clientid}", get(one).delete(kick))
         .route("/api/clients/{clientid}/subscriptions", get(subscriptions))
         .route("/api/clients/{clientid}/request", post(request))
-        .with_state(gateway)
+        .with_state(ApiState { gateway, dtls })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,14 +189,30 @@ async fn one(
 }
 
 async fn kick(
-    State(gateway): State<Gateway>,
+    State(state): State<ApiState>,
     Path(clientid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if gateway.kick(&clientid).await {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("no client {clientid:?}")))
+    // The session goes first (its observers get their final 4.01 over the
+    // still-open DTLS session), then the DTLS session: the device's next
+    // record over it is not answered, and it needs a new handshake.
+    let kicked = state
+        .gateway
+        .kick_session(&clientid)
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("no client {clientid:?}")))?;
+    let peer = &kicked.peer;
+    match &state.dtls {
+        Some(dtls) if dtls.id == kicked.listener => {
+            match dtls.transport.socket().close(peer.addr).await {
+                Ok(closed) => tracing::info!(clientid = %clientid, peer = %peer,
+                                             dtls_session_closed = closed, "client kicked"),
+                Err(error) => tracing::warn!(clientid = %clientid, peer = %peer, %error,
+                                             "client kicked; closing its DTLS session failed"),
+            }
+        }
+        _ => tracing::info!(clientid = %clientid, peer = %peer, "client kicked"),
     }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Serialize)]

@@ -121,6 +121,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen for UDP on {}: {e}", config.udp))?
         .with_shutdown_grace(config.shutdown_grace.get());
     let mut dtls_transport = None;
+    let mut dtls_listener = None;
     let dtls_server = match (config.dtls, psk) {
         (Some(addr), Some(psk)) => {
             let store = Arc::new(psk.into_map());
@@ -130,10 +131,16 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
             // Shared with the metrics task, which reads its handshake counters.
             let transport = Arc::new(transport);
             dtls_transport = Some(transport.clone());
-            Some(
-                Server::new(metrics::SharedDtls(transport), endpoint_config.clone())?
-                    .with_shutdown_grace(config.shutdown_grace.get()),
-            )
+            let server = Server::new(
+                metrics::SharedDtls(transport.clone()),
+                endpoint_config.clone(),
+            )?
+            .with_shutdown_grace(config.shutdown_grace.get());
+            // Attached now, so that the management API knows which
+            // listener is the DTLS one (a kick closes the DTLS session).
+            let id = gateway.attach(server.handle());
+            dtls_listener = Some(api::DtlsListener { id, transport });
+            Some((id, server))
         }
         _ => None,
     };
@@ -142,7 +149,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     let http = match config.http {
         Some(addr) => {
             let running = HttpServer::new(metrics.clone(), readiness.clone())
-                .with_api(api::router(gateway.clone()))
+                .with_api(api::router(gateway.clone(), dtls_listener))
                 .start(addr, http_stop.clone())
                 .await
                 .with_context(|| format!("cannot serve HTTP on {addr}"))?;
@@ -179,7 +186,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
             result
         });
     }
-    if let Some(dtls_server) = dtls_server {
+    if let Some((dtls_id, dtls_server)) = dtls_server {
         endpoint_handles.push(("dtls", dtls_server.handle()));
         let ready = readiness.flag("dtls");
         gateway_kit::announce_listener("dtls", dtls_server.local_addr()?);
@@ -188,7 +195,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
         let stop = shutdown.triggered_owned();
         servers.spawn(async move {
             let result = g
-                .run_server(dtls_server, async move {
+                .run_attached(dtls_id, dtls_server, async move {
                     stop.await;
                 })
                 .await;

@@ -90,19 +90,26 @@ impl Gateway {
     /// Ends a client's session (its observers get a final 4.01); false if
     /// there is none.
     pub async fn kick(&self, clientid: &str) -> bool {
-        let session = self.state().sessions.remove(clientid);
-        match session {
-            Some(session) => {
-                self.end_session(
-                    session,
-                    "kicked",
-                    Ending::Final(Code::UNAUTHORIZED, "session closed by the gateway"),
-                )
-                .await;
-                true
-            }
-            None => false,
-        }
+        self.kick_session(clientid).await.is_some()
+    }
+
+    /// Ends a client's session (its observers get a final 4.01) and tells
+    /// where the device was last seen, so that the caller can also close
+    /// a transport session there (e.g. the DTLS session of
+    /// [`KickedSession::peer`]); `None` if there is no such session.
+    pub async fn kick_session(&self, clientid: &str) -> Option<KickedSession> {
+        let session = self.state().sessions.remove(clientid)?;
+        let kicked = KickedSession {
+            listener: session.listener,
+            peer: session.peer.clone(),
+        };
+        self.end_session(
+            session,
+            "kicked",
+            Ending::Final(Code::UNAUTHORIZED, "session closed by the gateway"),
+        )
+        .await;
+        Some(kicked)
     }
 
     /// Sends a CoAP request (CON) to the latest address of a

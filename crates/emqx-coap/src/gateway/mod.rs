@@ -293,6 +293,16 @@ pub struct ClientQuery {
     pub any: Option<String>,
 }
 
+/// Where a session ended by [`Gateway::kick_session`] was last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KickedSession {
+    /// The listener of the device's latest valid request.
+    pub listener: ListenerId,
+    /// The device's latest address (with the PSK identity over DTLS).
+    pub peer: Peer,
+}
+
 /// One page of [`Gateway::search_clients`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -503,10 +513,23 @@ impl Gateway {
     /// observe events and answers every request.
     pub async fn run_server<T: Transport>(
         &self,
-        mut server: Server<T>,
+        server: Server<T>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let listener = self.attach(server.handle());
+        self.run_attached(listener, server, shutdown).await
+    }
+
+    /// Like [`Gateway::run_server`] for a server whose handle was already
+    /// registered with [`Gateway::attach`] as `listener` (so that the
+    /// caller knows which listener it is, e.g. to close a kicked client's
+    /// DTLS session).
+    pub async fn run_attached<T: Transport>(
+        &self,
+        listener: ListenerId,
+        mut server: Server<T>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let mut events = server.events();
         let me = self.clone();
         let event_task = tokio::spawn(async move {

@@ -1236,7 +1236,8 @@ async fn management_lists_clients_subscriptions_and_kicks() {
         ("m/x", Qos::ExactlyOnce)
     );
     assert!(f.gateway.subscriptions("nobody").is_none());
-    assert!(f.gateway.kick("m-1").await);
+    let kicked = f.gateway.kick_session("m-1").await.unwrap();
+    assert_eq!((kicked.listener, kicked.peer), (L, peer(1)));
     assert!(!f.gateway.kick("m-1").await);
     assert_eq!(f.subscribers_of("m/x"), 0);
     assert_eq!(
