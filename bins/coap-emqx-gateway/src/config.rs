@@ -108,7 +108,7 @@ impl Default for Config {
 /// Every flag can also be set as `COAP_EMQX_<FLAG>` (e.g. `COAP_EMQX_BROKER`)
 /// or in the TOML file given with --config (keys as the flags, with `_`).
 #[derive(Debug, clap::Parser, Serialize)]
-#[command(name = "coap-emqx-gateway", version, after_long_help = FILE_ONLY_KEYS)]
+#[command(name = "coap-emqx-gateway", version)]
 pub(crate) struct Cli {
     /// Plain-UDP CoAP listener [default: 0.0.0.0:5683]; port 0 picks one.
     #[arg(long, value_name = "ADDR")]
@@ -141,6 +141,21 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "VERSION", value_parser = ["5", "3.1.1"])]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) mqtt_version: Option<String>,
+    /// MQTT username of the shared gateway connections
+    /// (`--mqtt-session shared`) [default: none].
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mqtt_username: Option<String>,
+    /// MQTT password of the shared gateway connections; never logged,
+    /// printed as "***" by --print-config [default: none].
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "COAP_EMQX_MQTT_PASSWORD",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mqtt_password: Option<String>,
     /// Connection mode: devices POST mqtt/connection first and send
     /// clientid + token with every request (4.00 without, 4.01 with a wrong
     /// token) [default: off: connectionless, clientid optional].
@@ -196,21 +211,32 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_queued_notifications: Option<u32>,
+    /// Remember a successful connectionless login (password hash check)
+    /// this long, e.g. 1m [default: none: check every request].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_cache_ttl: Option<HumanDuration>,
+    /// End a connectionless observer that has not been refreshed for this
+    /// long, e.g. 1h [default: none: unlimited].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) observe_idle_lifetime: Option<HumanDuration>,
+    /// Node name: publish client connected/disconnected events to
+    /// `$SYS/brokers/<node>/gateway/coap/clients/<clientid>/...`
+    /// [default: none: no events].
+    #[arg(long, value_name = "NODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) presence_node: Option<String>,
+    /// After SIGINT/SIGTERM: how long in-flight requests may still take
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) shutdown_grace: Option<HumanDuration>,
     /// Operations flags.
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) ops: OpsArgs,
 }
-
-/// Shown at the end of `--help`: the keys only a config file sets.
-const FILE_ONLY_KEYS: &str = "\
-Config-file-only keys (TOML, --config FILE):
-  mqtt_username = \"gw\"            MQTT username of the shared connections [default: none]
-  mqtt_password = \"...\"           MQTT password of the shared connections; printed as \"***\" [default: none]
-  observe_idle_lifetime = \"10m\"   end connectionless observers idle this long [default: none: unlimited]
-  presence_node = \"node1\"         publish $SYS/brokers/<node>/gateway/coap/clients/<clientid>/connected|disconnected [default: none]
-  shutdown_grace = \"5s\"           how long in-flight requests may take after SIGINT/SIGTERM [default: 5s]
-  auth_cache_ttl = \"60s\"          remember a successful per-request login this long [default: none: check every request]";
 
 #[cfg(test)]
 mod tests {
