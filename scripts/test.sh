@@ -12,6 +12,9 @@
 # Options:
 #   --no-lint     skip fmt/clippy (for quick local loops)
 #   --no-brokers  do not start brokers; broker tests then fail loudly
+#   --fuzz SECS   afterwards run every cargo-fuzz target for SECS seconds
+#                 (fuzz/run-all.sh: installs nightly's cargo-fuzz if missing,
+#                 fails on any crash)
 #   -- ARGS       extra arguments passed to `cargo test`
 set -euo pipefail
 
@@ -20,11 +23,13 @@ ROOT=$(pwd)
 
 lint=1
 brokers=1
+fuzz_secs=0
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-lint) lint=0 ;;
     --no-brokers) brokers=0 ;;
+    --fuzz) shift; fuzz_secs=${1:?--fuzz needs a number of seconds} ;;
     --) shift; extra=("$@"); break ;;
     *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -130,3 +135,9 @@ fi
 # ------------------------------------------------------------------ 4. tests
 log "cargo test --workspace"
 cargo test --workspace "${extra[@]}"
+
+# ------------------------------------------------------------------- 5. fuzz
+if [ "$fuzz_secs" -gt 0 ]; then
+  log "fuzzing every target for ${fuzz_secs}s"
+  bash fuzz/run-all.sh "$fuzz_secs"
+fi
