@@ -41,6 +41,9 @@ use crate::replay::ReplayWindow;
 use crate::server::MAX_PLAINTEXT;
 use crate::stats::DropReason;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 /// Largest DTLS record sequence number (48 bits, RFC 6347 §4.1).
 const MAX_SEQUENCE_NUMBER: u64 = (1 << 48) - 1;
 /// Alert level `warning` (RFC 5246 §7.2).

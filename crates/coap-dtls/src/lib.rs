@@ -178,6 +178,8 @@
 //! server-side session cache would cost memory per peer.
 #![warn(missing_docs, unreachable_pub)]
 
+mod addr_hash;
+mod batch;
 mod client;
 mod compact;
 mod config;
@@ -196,6 +198,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 pub use client::{ClientEvent, ClientSession, DtlsConnector};
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use compact::fuzzing;
 pub use config::{
     ClientConfig, ConfigError, DEFAULT_CIPHER_LIST, DEFAULT_MTU, PskStore, Retransmission,
     ServerConfig,

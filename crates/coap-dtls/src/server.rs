@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use openssl::ssl::{ErrorCode, Ssl, SslContext, SslStream};
 
+use crate::addr_hash::AddrHashBuilder;
 use crate::compact::{self, CompactSession, Received, RecordProtection};
 use crate::config::{ConfigError, ServerConfig};
 use crate::cookie::CookieSecrets;
@@ -81,7 +82,7 @@ pub struct DtlsServer {
     config: ServerConfig,
     context: SslContext,
     cookies: CookieSecrets,
-    sessions: HashMap<SocketAddr, Session>,
+    sessions: HashMap<SocketAddr, Session, AddrHashBuilder>,
     /// (deadline, peer) for every session: retransmission, handshake
     /// deadline, idle eviction, whichever is first.
     timers: BTreeSet<(Instant, SocketAddr)>,
@@ -182,7 +183,7 @@ impl DtlsServer {
             config,
             context,
             cookies,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             timers: BTreeSet::new(),
             handshaking: 0,
             transmits: VecDeque::new(),

@@ -12,6 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::batch::{self, Datagrams};
 use crate::client::{ClientEvent, ClientSession, DtlsConnector};
 use crate::config::{ConfigError, ServerConfig};
 use crate::server::{DtlsServer, ServerEvent};
@@ -181,6 +182,61 @@ impl DtlsSocket {
         Ok(())
     }
 
+    /// Encrypts each `(peer, plaintext)` for its peer's established session
+    /// under one lock and sends the records together (one `sendmmsg` on
+    /// Linux). A datagram that cannot be encrypted or sent is logged and
+    /// skipped; returns how many were encrypted.
+    pub async fn send_many<'a>(
+        &self,
+        datagrams: impl IntoIterator<Item = (SocketAddr, &'a [u8])>,
+    ) -> usize {
+        let (sealed, transmits) = {
+            let mut server = self.shared.lock();
+            let now = Instant::now();
+            let mut sealed = 0;
+            for (peer, bytes) in datagrams {
+                match server.send(now, peer, bytes) {
+                    Ok(()) => sealed += 1,
+                    Err(error) => tracing::debug!(%error, %peer, "DTLS send failed"),
+                }
+            }
+            (sealed, drain_transmits(&mut server))
+        };
+        batch::send_all(&self.shared.socket, &transmits).await;
+        sealed
+    }
+
+    /// Waits for at least one decrypted datagram, then takes those already
+    /// queued, up to `max` in all, handing each to `f` (session events are
+    /// skipped). Cancel-safe. Returns how many were handed over.
+    pub async fn recv_many(
+        &self,
+        max: usize,
+        mut f: impl FnMut(Datagram),
+    ) -> Result<usize, SocketError> {
+        let mut events = self.events.lock().await;
+        let mut count = 0;
+        while count == 0 {
+            if let SocketEvent::Data(datagram) =
+                events.recv().await.ok_or(SocketError::DriverStopped)?
+            {
+                f(datagram);
+                count += 1;
+            }
+        }
+        while count < max {
+            match events.try_recv() {
+                Ok(SocketEvent::Data(datagram)) => {
+                    f(datagram);
+                    count += 1;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(count)
+    }
+
     /// Closes the session with `peer` (close_notify); false if none.
     pub async fn close(&self, peer: SocketAddr) -> Result<bool, SocketError> {
         let (closed, transmits) = {
@@ -243,9 +299,11 @@ fn drain_transmits(server: &mut DtlsServer) -> Vec<Transmit> {
     std::iter::from_fn(|| server.poll_transmit()).collect()
 }
 
-/// The receive/timer loop of a `DtlsSocket`.
+/// The receive/timer loop of a `DtlsSocket`: each wakeup takes every
+/// datagram already queued (one `recvmmsg` on Linux), feeds them to the
+/// server under one lock and sends the answers together.
 async fn drive_server(shared: Arc<Shared>, events: mpsc::Sender<SocketEvent>) {
-    let mut buf = vec![0u8; 65_536];
+    let mut datagrams = Datagrams::new();
     loop {
         let deadline = shared.lock().poll_timeout();
         let sleep = async {
@@ -255,17 +313,17 @@ async fn drive_server(shared: Arc<Shared>, events: mpsc::Sender<SocketEvent>) {
             }
         };
         let transmits = tokio::select! {
-            received = shared.socket.recv_from(&mut buf) => {
-                let (n, peer) = match received {
-                    Ok(received) => received,
-                    Err(error) => {
-                        // E.g. ICMP errors surfacing on the socket: keep serving.
-                        tracing::debug!(%error, "DTLS socket receive error");
-                        continue;
-                    }
-                };
+            received = datagrams.recv(&shared.socket) => {
+                if let Err(error) = received {
+                    // E.g. ICMP errors surfacing on the socket: keep serving.
+                    tracing::debug!(%error, "DTLS socket receive error");
+                    continue;
+                }
+                let now = Instant::now();
                 let mut server = shared.lock();
-                server.handle_datagram(Instant::now(), peer, buf.get(..n).unwrap_or(&[]));
+                for (peer, datagram) in datagrams.iter() {
+                    server.handle_datagram(now, peer, datagram);
+                }
                 collect(&shared, &mut server, &events)
             }
             () = sleep => {
@@ -274,11 +332,7 @@ async fn drive_server(shared: Arc<Shared>, events: mpsc::Sender<SocketEvent>) {
                 collect(&shared, &mut server, &events)
             }
         };
-        for transmit in transmits {
-            if let Err(error) = shared.socket.send_to(&transmit.bytes, transmit.peer).await {
-                tracing::debug!(%error, peer = %transmit.peer, "DTLS socket send error");
-            }
-        }
+        batch::send_all(&shared.socket, &transmits).await;
     }
 }
 

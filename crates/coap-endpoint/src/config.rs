@@ -95,12 +95,22 @@ pub struct EndpointConfig {
     /// body reassembled through Block2 by the client side. Default 4 MiB.
     pub max_body_size: usize,
     /// Memory for Block1 reassemblies in progress, all peers together.
-    /// Beyond it a new transfer gets 5.03. Default 64 MiB.
+    /// When a block would exceed it, the least recently touched transfer
+    /// of the peer holding the most bytes is evicted (its next block gets
+    /// 4.08); only a body larger than this on its own gets 5.03. Default
+    /// 64 MiB.
     pub max_reassembly_memory: usize,
-    /// Block1 reassemblies in progress in total. Default 4096.
+    /// Block1 reassemblies in progress in total. A new transfer beyond it
+    /// evicts the least recently touched transfer of the peer holding the
+    /// most (its next block gets 4.08), so one peer cannot lock the others
+    /// out. Default 4096.
     pub max_reassemblies: usize,
-    /// An unfinished Block1 transfer is forgotten after this long. Default
-    /// [`EXCHANGE_LIFETIME`].
+    /// Block1 reassemblies in progress per peer (at least 1). A peer that
+    /// starts one more loses its own least recently touched transfer.
+    /// Default 16.
+    pub max_reassemblies_per_peer: usize,
+    /// An unfinished Block1 transfer is forgotten this long after its last
+    /// block. Default [`EXCHANGE_LIFETIME`].
     pub reassembly_lifetime: Duration,
     /// Responses kept for Block2 follow-up requests (entries). Default 1024.
     pub block_cache_entries: usize,
@@ -140,6 +150,7 @@ impl Default for EndpointConfig {
             max_body_size: 4 * 1024 * 1024,
             max_reassembly_memory: 64 * 1024 * 1024,
             max_reassemblies: 4096,
+            max_reassemblies_per_peer: 16,
             reassembly_lifetime: EXCHANGE_LIFETIME,
             block_cache_entries: 1024,
             block_cache_memory: 32 * 1024 * 1024,
@@ -174,6 +185,9 @@ pub enum ConfigError {
     /// the last retransmission timeout longer than [`MAX_CONFIG_DURATION`].
     #[error("max_retransmit {0} makes the retransmission timeout exceed one year")]
     MaxRetransmit(u32),
+    /// `max_reassemblies_per_peer` is zero.
+    #[error("max_reassemblies_per_peer must be at least 1")]
+    ReassembliesPerPeer,
 }
 
 /// The longest duration any [`EndpointConfig`] field (or the largest
@@ -195,6 +209,9 @@ impl EndpointConfig {
         }
         if self.observe_con_every == 0 {
             return Err(ConfigError::ConEvery);
+        }
+        if self.max_reassemblies_per_peer == 0 {
+            return Err(ConfigError::ReassembliesPerPeer);
         }
         let default_ack = match self.default_ack_timeout {
             AckTimeout::After(delay) => delay,
@@ -295,5 +312,19 @@ mod tests {
         };
         assert!(config.validate().is_err());
         assert!(EndpointConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_peer_must_be_allowed_one_reassembly() {
+        let config = EndpointConfig {
+            max_reassemblies_per_peer: 0,
+            ..EndpointConfig::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::ReassembliesPerPeer));
+        let config = EndpointConfig {
+            max_reassemblies_per_peer: 1,
+            ..EndpointConfig::default()
+        };
+        assert!(config.validate().is_ok());
     }
 }

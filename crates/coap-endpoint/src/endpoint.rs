@@ -1,26 +1,42 @@
 //! The sans-IO message layer: deduplication, piggybacked and separate
 //! responses, retransmission, observe relations and block-wise transfers.
+//!
+//! This file holds the [`Endpoint`] and its request/response, retransmission
+//! and client paths; the submodules add the rest of its methods:
+//! [`dedup`] (duplicate detection and cached answers), [`observe`]
+//! (relations and notifications) and [`blockwise`] (Block1 reassembly, the
+//! Block2 cache and segmentation).
+
+mod blockwise;
+mod dedup;
+mod observe;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use coap_codec::option_value::observe;
+use coap_codec::option_value::observe as observe_option;
 use coap_codec::{
     Block, Code, CodecSettings, EncodeError, Message, MessageRef, MessageType, OptionNumber,
     encode_uint, peek_header, validate_request,
 };
 
 use crate::config::{AckTimeout, ConfigError, EndpointConfig};
+use crate::fast_hash::{FastMap, fast_map};
 use crate::peer::Peer;
 use crate::random::SeededRng;
 use crate::reaction::{Fault, Reaction, wire_reaction};
+use crate::small_bytes::SmallBytes;
 use crate::stats::{Counters, Stats};
 use crate::types::{
     CancelReason, ClientRequestId, Event, IncomingRequest, NotifyError, RelationId, RequestFailure,
     RequestId, RespondError, SendRequestError, Transmit,
 };
+
+use blockwise::{CachedBody, Reassemblies, client_block1_message, segment};
+use dedup::{DedupFifo, ExchangeState, ExchangeTable};
+use observe::{Relation, RelationIndex};
 
 /// The CoAP message layer of one local endpoint (server and client side),
 /// as a state machine without sockets or clocks.
@@ -53,29 +69,21 @@ pub struct Endpoint {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    peers: HashMap<Peer, PeerState>,
-    exchanges: HashMap<(Peer, u16), Exchange>,
+    peers: FastMap<Peer, PeerState>,
+    exchanges: ExchangeTable,
     exchange_order: VecDeque<(Instant, u64, Peer, u16)>,
-    requests: HashMap<RequestId, PendingRequest>,
-    relations: HashMap<RelationId, Relation>,
-    relation_index: HashMap<(Peer, Bytes), RelationId>,
-    recent_non: HashMap<(Peer, u16), RelationId>,
+    requests: FastMap<RequestId, PendingRequest>,
+    relations: FastMap<RelationId, Relation>,
+    relation_index: RelationIndex,
+    recent_non: FastMap<(Peer, u16), RelationId>,
     recent_non_order: VecDeque<(Peer, u16)>,
-    client: HashMap<ClientRequestId, ClientRequest>,
-    client_tokens: HashMap<(Peer, Bytes), ClientRequestId>,
-    block_cache: HashMap<(Peer, Vec<u8>), CachedBody>,
+    client: FastMap<ClientRequestId, ClientRequest>,
+    client_tokens: FastMap<(Peer, Bytes), ClientRequestId>,
+    block_cache: FastMap<(Peer, Vec<u8>), CachedBody>,
     block_cache_order: VecDeque<(Instant, u64, Peer, Vec<u8>)>,
     block_cache_bytes: usize,
-    reassemblies: HashMap<ReassemblyKey, Reassembly>,
-    reassembly_order: VecDeque<(Instant, u64, ReassemblyKey)>,
-    reassembly_bytes: usize,
+    reassemblies: Reassemblies,
 }
-
-type ReassemblyKey = (Peer, Option<Bytes>, Vec<u8>);
-
-/// How many recent NON notification message ids are remembered so that an
-/// RST to one of them ends its relation (RFC 7641 §3.6).
-const RECENT_NON_CAP: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -84,13 +92,20 @@ enum Timer {
     ClientDeadline(ClientRequestId),
 }
 
+/// What the endpoint keeps per peer. Most peers are idle observers with
+/// one deduplication entry, so it is small (64 bytes): the CON in flight is
+/// boxed, the queue allocates only when used, and one dedup entry is held
+/// inline.
 #[derive(Debug, Default)]
 struct PeerState {
-    dedup: VecDeque<(u16, u64)>,
-    in_flight: Option<InFlight>,
+    dedup: DedupFifo,
+    in_flight: Option<Box<InFlight>>,
     queue: VecDeque<Outgoing>,
-    pending: usize,
-    relations: usize,
+    /// Requests handed to the application, not answered yet (at most
+    /// `max_pending_per_peer`).
+    pending: u32,
+    /// Observe relations (at most `max_relations_per_peer`).
+    relations: u32,
 }
 
 impl PeerState {
@@ -129,23 +144,6 @@ struct InFlight {
     replacement: Option<Message>,
 }
 
-#[derive(Debug)]
-struct Exchange {
-    serial: u64,
-    expires: Instant,
-    state: ExchangeState,
-}
-
-#[derive(Debug)]
-enum ExchangeState {
-    /// Handed to the application; the empty ACK if one was sent.
-    Pending { ack: Option<Bytes> },
-    /// Answered: the datagram to send again for a duplicate.
-    Answered(Bytes),
-    /// A NON, or a message whose duplicates need no answer.
-    Seen,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ObserveIntent {
     None,
@@ -165,17 +163,6 @@ struct PendingRequest {
     block1: Option<Block>,
     block2: Option<Block>,
     observe: ObserveIntent,
-}
-
-#[derive(Debug)]
-struct Relation {
-    peer: Peer,
-    token: Bytes,
-    uri: Vec<u8>,
-    seq: u32,
-    since_con: u32,
-    last_con: Instant,
-    szx: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,18 +192,6 @@ struct ClientRequest {
     block2_first: Option<Message>,
 }
 
-#[derive(Debug)]
-struct CachedBody {
-    serial: u64,
-    response: Message,
-}
-
-#[derive(Debug)]
-struct Reassembly {
-    serial: u64,
-    body: Vec<u8>,
-}
-
 impl Endpoint {
     /// A new endpoint; fails if the configuration is inconsistent.
     pub fn new(config: EndpointConfig) -> Result<Endpoint, ConfigError> {
@@ -227,6 +202,7 @@ impl Endpoint {
             None => CodecSettings::DEFAULT,
         };
         let next_mid = rng.next_u64() as u16;
+        let dedup_capacity = config.max_dedup_total.min(4096);
         Ok(Endpoint {
             config,
             codec,
@@ -238,22 +214,22 @@ impl Endpoint {
             timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            peers: HashMap::new(),
-            exchanges: HashMap::new(),
+            peers: fast_map(),
+            // Sized for a steady load up front (hashbrown rehashed the
+            // growing table regularly under SipHash-era profiles).
+            exchanges: ExchangeTable::with_capacity(dedup_capacity),
             exchange_order: VecDeque::new(),
-            requests: HashMap::new(),
-            relations: HashMap::new(),
-            relation_index: HashMap::new(),
-            recent_non: HashMap::new(),
+            requests: fast_map(),
+            relations: fast_map(),
+            relation_index: RelationIndex::default(),
+            recent_non: fast_map(),
             recent_non_order: VecDeque::new(),
-            client: HashMap::new(),
-            client_tokens: HashMap::new(),
-            block_cache: HashMap::new(),
+            client: fast_map(),
+            client_tokens: fast_map(),
+            block_cache: fast_map(),
             block_cache_order: VecDeque::new(),
             block_cache_bytes: 0,
-            reassemblies: HashMap::new(),
-            reassembly_order: VecDeque::new(),
-            reassembly_bytes: 0,
+            reassemblies: Reassemblies::default(),
         })
     }
 
@@ -267,6 +243,7 @@ impl Endpoint {
         let mut stats = self.counters.snapshot();
         stats.observers = self.relations.len() as u64;
         stats.dedup_entries = self.exchanges.len() as u64;
+        stats.block1_evictions = self.reassemblies.evictions();
         stats
     }
 
@@ -294,7 +271,7 @@ impl Endpoint {
         };
         consider(self.exchange_order.front().map(|e| e.0));
         consider(self.block_cache_order.front().map(|e| e.0));
-        consider(self.reassembly_order.front().map(|e| e.0));
+        consider(self.reassemblies.next_expiry());
         next
     }
 
@@ -338,6 +315,12 @@ impl Endpoint {
                     }
                 }
             }
+        }
+        // A burst (e.g. thousands of registrations, each with an early-ACK
+        // timer) leaves the heap's capacity behind; give most of it back
+        // once the heap is mostly empty (amortised O(1) per timer).
+        if self.timers.capacity() > 1024 && self.timers.len() * 4 < self.timers.capacity() {
+            self.timers.shrink_to(self.timers.len() * 2);
         }
         self.expire_exchanges(now);
         self.expire_block_state(now);
@@ -457,7 +440,7 @@ impl Endpoint {
             self.set_exchange_state(
                 peer,
                 request.message_id(),
-                ExchangeState::Answered(bytes.clone()),
+                ExchangeState::Answered(SmallBytes::new(&bytes)),
             );
         }
         self.transmits.push_back(Transmit {
@@ -490,13 +473,14 @@ impl Endpoint {
         let mut intent = ObserveIntent::None;
         if msg.code() == Code::GET {
             match msg.observe() {
-                Some(observe::DEREGISTER) => {
-                    if let Some(&relation) = self.relation_index.get(&(peer.clone(), token.clone()))
-                    {
+                Some(observe_option::DEREGISTER) => {
+                    if let Some(relation) = self.relation_of(&peer, &token) {
                         self.cancel_relation(relation, Some(CancelReason::Deregistered));
                     }
                 }
-                Some(observe::REGISTER) if !token.is_empty() => intent = ObserveIntent::Register,
+                Some(observe_option::REGISTER) if !token.is_empty() => {
+                    intent = ObserveIntent::Register
+                }
                 _ => {}
             }
         }
@@ -549,7 +533,7 @@ impl Endpoint {
             }
         }
 
-        let peer_pending = self.peers.get(&peer).map_or(0, |p| p.pending);
+        let peer_pending = self.peers.get(&peer).map_or(0, |p| p.pending as usize);
         if self.requests.len() >= self.config.max_pending_requests
             || peer_pending >= self.config.max_pending_per_peer
         {
@@ -592,7 +576,8 @@ impl Endpoint {
                 }
             }
         }
-        self.peers.entry(peer.clone()).or_default().pending += 1;
+        let state = self.peers.entry(peer.clone()).or_default();
+        state.pending = state.pending.saturating_add(1);
         self.requests.insert(id, pending);
         self.events.push_back(Event::Request(IncomingRequest {
             id,
@@ -600,314 +585,6 @@ impl Endpoint {
             message,
             observe_registration: intent == ObserveIntent::Register,
         }));
-    }
-
-    /// One Block1 block: `Ok(Some(body, echo))` when the transfer is
-    /// complete, `Ok(None)` when 2.31 was sent, `Err(reply)` to refuse.
-    fn reassemble(
-        &mut self,
-        now: Instant,
-        peer: &Peer,
-        msg: &MessageRef<'_>,
-        uri: &[u8],
-        b1: Block,
-    ) -> Result<Option<(Bytes, Block)>, Message> {
-        let max_body = self.config.max_body_size;
-        let too_large = || {
-            Message::new(MessageType::Ack, Code::REQUEST_ENTITY_TOO_LARGE, 0).with_uint_option(
-                OptionNumber::SIZE1,
-                u32::try_from(max_body).unwrap_or(u32::MAX),
-            )
-        };
-        if msg.size1().is_some_and(|s| s as usize > max_body) {
-            return Err(too_large());
-        }
-        let szx = b1.szx.min(self.config.max_szx());
-        let payload = msg.payload();
-        let tag = msg
-            .option(OptionNumber::REQUEST_TAG)
-            .map(Bytes::copy_from_slice);
-        let key: ReassemblyKey = (peer.clone(), tag, uri.to_vec());
-
-        if b1.num == 0 && !b1.more {
-            // A single-block transfer: nothing to keep.
-            self.drop_reassembly(&key);
-            return Ok(Some((
-                Bytes::copy_from_slice(payload),
-                Block {
-                    num: 0,
-                    more: false,
-                    szx,
-                },
-            )));
-        }
-        if b1.num == 0 {
-            self.drop_reassembly(&key);
-            if self.reassemblies.len() >= self.config.max_reassemblies
-                || self.reassembly_bytes + payload.len() > self.config.max_reassembly_memory
-            {
-                return Err(Message::new(MessageType::Ack, Code::SERVICE_UNAVAILABLE, 0)
-                    .with_uint_option(OptionNumber::MAX_AGE, 5));
-            }
-            let serial = self.fresh_serial();
-            let expires = now + self.config.reassembly_lifetime;
-            self.reassemblies.insert(
-                key.clone(),
-                Reassembly {
-                    serial,
-                    body: Vec::new(),
-                },
-            );
-            self.reassembly_order
-                .push_back((expires, serial, key.clone()));
-            // Completed, restarted and refused transfers leave their entry
-            // behind until it expires; drop the dead ones once they
-            // outnumber the live ones, so that the list stays within
-            // 2 × max_reassemblies + 16 whatever the datagram rate.
-            if self.reassembly_order.len() > 2 * self.reassemblies.len() + 16 {
-                let live = &self.reassemblies;
-                self.reassembly_order
-                    .retain(|(_, serial, key)| live.get(key).is_some_and(|r| r.serial == *serial));
-            }
-        }
-        let Some(assembly) = self.reassemblies.get_mut(&key) else {
-            // RFC 7959 §2.5: a block without the start of its body.
-            return Err(
-                Message::new(MessageType::Ack, Code::REQUEST_ENTITY_INCOMPLETE, 0)
-                    .with_payload(&b"missing earlier blocks"[..]),
-            );
-        };
-        let repeat = b1.more
-            && b1.num > 0
-            && b1.offset() + payload.len() == assembly.body.len()
-            && assembly.body.get(b1.offset()..) == Some(payload);
-        if repeat {
-            // The same block again under a new message id (our 2.31 was
-            // lost and the client re-sent rather than retransmitted):
-            // confirm it again without appending.
-            let reply = Message::new(MessageType::Ack, Code::CONTINUE, 0).with_option(
-                OptionNumber::BLOCK1,
-                Bytes::copy_from_slice(
-                    &Block {
-                        num: b1.num,
-                        more: true,
-                        szx,
-                    }
-                    .encode(),
-                ),
-            );
-            self.reply_direct(now, peer, msg, reply);
-            return Ok(None);
-        }
-        if assembly.body.len() != b1.offset() {
-            self.drop_reassembly(&key);
-            return Err(
-                Message::new(MessageType::Ack, Code::REQUEST_ENTITY_INCOMPLETE, 0)
-                    .with_payload(&b"block out of order"[..]),
-            );
-        }
-        if assembly.body.len() + payload.len() > max_body {
-            self.drop_reassembly(&key);
-            return Err(too_large());
-        }
-        if self.reassembly_bytes + payload.len() > self.config.max_reassembly_memory {
-            self.drop_reassembly(&key);
-            return Err(Message::new(MessageType::Ack, Code::SERVICE_UNAVAILABLE, 0)
-                .with_uint_option(OptionNumber::MAX_AGE, 5));
-        }
-        assembly.body.extend_from_slice(payload);
-        self.reassembly_bytes += payload.len();
-        if b1.more {
-            let reply = Message::new(MessageType::Ack, Code::CONTINUE, 0).with_option(
-                OptionNumber::BLOCK1,
-                Bytes::copy_from_slice(
-                    &Block {
-                        num: b1.num,
-                        more: true,
-                        szx,
-                    }
-                    .encode(),
-                ),
-            );
-            self.reply_direct(now, peer, msg, reply);
-            return Ok(None);
-        }
-        let body = match self.reassemblies.remove(&key) {
-            Some(assembly) => {
-                self.reassembly_bytes = self.reassembly_bytes.saturating_sub(assembly.body.len());
-                Bytes::from(assembly.body)
-            }
-            None => Bytes::new(),
-        };
-        self.counters.stats.block1_transfers += 1;
-        Ok(Some((
-            body,
-            Block {
-                num: b1.num,
-                more: false,
-                szx,
-            },
-        )))
-    }
-
-    fn drop_reassembly(&mut self, key: &ReassemblyKey) {
-        if let Some(old) = self.reassemblies.remove(key) {
-            self.reassembly_bytes = self.reassembly_bytes.saturating_sub(old.body.len());
-        }
-    }
-
-    /// Answers a duplicate (true) or reports a new message id (false).
-    fn answer_duplicate(&mut self, now: Instant, peer: &Peer, mid: u16, confirmable: bool) -> bool {
-        let key = (peer.clone(), mid);
-        let Some(exchange) = self.exchanges.get(&key) else {
-            return false;
-        };
-        if exchange.expires <= now {
-            return false;
-        }
-        if confirmable {
-            self.counters.stats.dedup_con_hits += 1;
-            let again = match &exchange.state {
-                ExchangeState::Answered(bytes) => Some(bytes.clone()),
-                ExchangeState::Pending { ack } => ack.clone(),
-                ExchangeState::Seen => None,
-            };
-            if let Some(bytes) = again {
-                self.transmits.push_back(Transmit {
-                    peer: peer.clone(),
-                    bytes,
-                });
-            }
-        } else {
-            self.counters.stats.dedup_non_hits += 1;
-        }
-        true
-    }
-
-    fn remember_exchange(&mut self, now: Instant, peer: &Peer, mid: u16, confirmable: bool) {
-        let lifetime = if confirmable {
-            self.config.exchange_lifetime
-        } else {
-            self.config.non_lifetime
-        };
-        let expires = now + lifetime;
-        let serial = self.fresh_serial();
-        let per_peer_cap = self.config.max_dedup_per_peer.max(1);
-        let state = self.peers.entry(peer.clone()).or_default();
-        let mut evicted = 0;
-        while state.dedup.len() >= per_peer_cap {
-            let Some((old_mid, old_serial)) = state.dedup.pop_front() else {
-                break;
-            };
-            let key = (peer.clone(), old_mid);
-            if self
-                .exchanges
-                .get(&key)
-                .is_some_and(|e| e.serial == old_serial)
-            {
-                self.exchanges.remove(&key);
-                evicted += 1;
-            }
-        }
-        state.dedup.push_back((mid, serial));
-        self.counters.stats.dedup_evictions += evicted;
-        while self.exchange_order.len() >= self.config.max_dedup_total.max(1) {
-            let Some((_, old_serial, old_peer, old_mid)) = self.exchange_order.pop_front() else {
-                break;
-            };
-            if self.remove_exchange(&old_peer, old_mid, old_serial) {
-                self.counters.stats.dedup_evictions += 1;
-            }
-        }
-        self.exchanges.insert(
-            (peer.clone(), mid),
-            Exchange {
-                serial,
-                expires,
-                state: ExchangeState::Seen,
-            },
-        );
-        self.exchange_order
-            .push_back((expires, serial, peer.clone(), mid));
-        // Entries evicted by the per-peer cap stay in the order list until
-        // they expire; drop the dead ones once they outnumber the live
-        // ones (amortised O(1)), so that the list follows the live entries
-        // rather than the datagram rate × exchange_lifetime.
-        if self.exchange_order.len() > 2 * self.exchanges.len() + 16 {
-            let live = &self.exchanges;
-            self.exchange_order.retain(|(_, serial, peer, mid)| {
-                live.get(&(peer.clone(), *mid))
-                    .is_some_and(|e| e.serial == *serial)
-            });
-        }
-        if confirmable {
-            self.set_exchange_state(peer, mid, ExchangeState::Pending { ack: None });
-        }
-    }
-
-    /// Removes a dedup entry if it still has `serial`; true if removed.
-    fn remove_exchange(&mut self, peer: &Peer, mid: u16, serial: u64) -> bool {
-        let key = (peer.clone(), mid);
-        if self.exchanges.get(&key).is_none_or(|e| e.serial != serial) {
-            return false;
-        }
-        self.exchanges.remove(&key);
-        if let Some(state) = self.peers.get_mut(peer) {
-            while let Some(&(m, s)) = state.dedup.front() {
-                let live = self
-                    .exchanges
-                    .get(&(peer.clone(), m))
-                    .is_some_and(|e| e.serial == s);
-                if live {
-                    break;
-                }
-                state.dedup.pop_front();
-            }
-        }
-        self.forget_peer_if_idle(peer);
-        true
-    }
-
-    fn set_exchange_state(&mut self, peer: &Peer, mid: u16, state: ExchangeState) {
-        if let Some(exchange) = self.exchanges.get_mut(&(peer.clone(), mid)) {
-            exchange.state = state;
-        }
-    }
-
-    fn expire_exchanges(&mut self, now: Instant) {
-        while let Some((expires, serial, peer, mid)) = self.exchange_order.front().cloned() {
-            if expires > now {
-                break;
-            }
-            self.exchange_order.pop_front();
-            self.remove_exchange(&peer, mid, serial);
-        }
-    }
-
-    fn expire_block_state(&mut self, now: Instant) {
-        while let Some((expires, serial, _, _)) = self.block_cache_order.front() {
-            if *expires > now {
-                break;
-            }
-            let serial = *serial;
-            if let Some((_, _, peer, uri)) = self.block_cache_order.pop_front() {
-                self.remove_cached_body(&(peer, uri), serial);
-            }
-        }
-        while let Some((expires, serial, _)) = self.reassembly_order.front() {
-            if *expires > now {
-                break;
-            }
-            let serial = *serial;
-            if let Some((_, _, key)) = self.reassembly_order.pop_front()
-                && self
-                    .reassemblies
-                    .get(&key)
-                    .is_some_and(|r| r.serial == serial)
-            {
-                self.drop_reassembly(&key);
-            }
-        }
     }
 
     fn forget_peer_if_idle(&mut self, peer: &Peer) {
@@ -1118,7 +795,7 @@ impl Endpoint {
         let timeout = Duration::from_secs_f64(base * factor);
         let next_at = now + timeout;
         let state = self.peers.entry(peer.clone()).or_default();
-        state.in_flight = Some(InFlight {
+        state.in_flight = Some(Box::new(InFlight {
             mid,
             bytes: bytes.clone(),
             purpose,
@@ -1126,7 +803,7 @@ impl Endpoint {
             timeout,
             next_at,
             replacement: None,
-        });
+        }));
         self.push_timer(
             next_at,
             Timer::Retransmit {
@@ -1203,15 +880,14 @@ impl Endpoint {
             self.counters.stats.queue_drops += 1;
             return Err(RespondError::QueueFull);
         }
-        let key = (pending.peer.clone(), pending.token.clone());
-        let existing = self.relation_index.get(&key).copied();
+        let existing = self.relation_of(&pending.peer, &pending.token);
         match self.finish_response(now, &pending, response) {
             Ok(relation) => Ok(relation),
             Err(error) => {
                 // A relation this failed answer established was never the
                 // application's: end it silently (the 5.00 below would
                 // otherwise report it as declined).
-                if let Some(new) = self.relation_index.get(&key).copied()
+                if let Some(new) = self.relation_of(&pending.peer, &pending.token)
                     && Some(new) != existing
                 {
                     self.cancel_relation(new, None);
@@ -1270,13 +946,7 @@ impl Endpoint {
         pending.ack_deadline = None;
         let ack = Message::empty_ack(pending.mid);
         if let Ok(bytes) = ack.to_bytes_with(&self.codec) {
-            self.set_exchange_state(
-                &pending.peer,
-                pending.mid,
-                ExchangeState::Pending {
-                    ack: Some(bytes.clone()),
-                },
-            );
+            self.set_exchange_state(&pending.peer, pending.mid, ExchangeState::PendingAcked);
             self.transmits.push_back(Transmit {
                 peer: pending.peer.clone(),
                 bytes,
@@ -1294,7 +964,6 @@ impl Endpoint {
         if let Some(b1) = pending.block1 {
             response.set_option(OptionNumber::BLOCK1, Bytes::copy_from_slice(&b1.encode()));
         }
-        let key = (pending.peer.clone(), pending.token.clone());
         let wants_relation = pending.observe == ObserveIntent::Register
             && response.code.class() == 2
             && response.observe().is_some();
@@ -1308,18 +977,18 @@ impl Endpoint {
         match relation {
             Some(id) => {
                 let seq = self.relations.get_mut(&id).map_or(0, |r| {
-                    r.seq = observe::next(r.seq);
+                    r.seq = observe_option::next(r.seq);
                     r.seq
                 });
                 response.set_option(
                     OptionNumber::OBSERVE,
-                    Bytes::copy_from_slice(&observe::encode(seq)),
+                    Bytes::copy_from_slice(&observe_option::encode(seq)),
                 );
             }
             None => {
                 response.remove_option(OptionNumber::OBSERVE);
                 if pending.observe == ObserveIntent::Register
-                    && let Some(&old) = self.relation_index.get(&key)
+                    && let Some(old) = self.relation_of(&pending.peer, &pending.token)
                 {
                     self.cancel_relation(old, Some(CancelReason::Declined));
                 }
@@ -1350,7 +1019,7 @@ impl Endpoint {
             self.set_exchange_state(
                 &pending.peer,
                 pending.mid,
-                ExchangeState::Answered(bytes.clone()),
+                ExchangeState::Answered(SmallBytes::new(&bytes)),
             );
             self.transmits.push_back(Transmit {
                 peer: pending.peer.clone(),
@@ -1378,352 +1047,6 @@ impl Endpoint {
         }
         self.counters.response_out(code);
         Ok(relation)
-    }
-
-    fn mark_con(&mut self, relation: Option<RelationId>, now: Instant) {
-        if let Some(relation) = relation.and_then(|id| self.relations.get_mut(&id)) {
-            relation.since_con = 0;
-            relation.last_con = now;
-        }
-    }
-
-    fn establish_relation(
-        &mut self,
-        now: Instant,
-        pending: &PendingRequest,
-        szx: u8,
-    ) -> Option<RelationId> {
-        let key = (pending.peer.clone(), pending.token.clone());
-        if let Some(&existing) = self.relation_index.get(&key)
-            && let Some(relation) = self.relations.get_mut(&existing)
-        {
-            relation.uri = pending.uri.clone();
-            relation.szx = szx;
-            return Some(existing);
-        }
-        let per_peer = self.peers.get(&pending.peer).map_or(0, |p| p.relations);
-        if self.relations.len() >= self.config.max_relations
-            || per_peer >= self.config.max_relations_per_peer
-        {
-            return None;
-        }
-        let id = RelationId(self.fresh_id());
-        let seq = (self.rng.next_u64() as u32) % (1 << 16);
-        self.relations.insert(
-            id,
-            Relation {
-                peer: pending.peer.clone(),
-                token: pending.token.clone(),
-                uri: pending.uri.clone(),
-                seq,
-                since_con: 0,
-                last_con: now,
-                szx,
-            },
-        );
-        self.relation_index.insert(key, id);
-        self.peers
-            .entry(pending.peer.clone())
-            .or_default()
-            .relations += 1;
-        self.counters.stats.relations_established += 1;
-        Some(id)
-    }
-
-    /// Ends a relation; `reason` `Some` emits [`Event::ObserveCancelled`].
-    fn cancel_relation(&mut self, id: RelationId, reason: Option<CancelReason>) {
-        let Some(relation) = self.relations.remove(&id) else {
-            return;
-        };
-        self.relation_index
-            .remove(&(relation.peer.clone(), relation.token.clone()));
-        self.counters.stats.relations_cancelled += 1;
-        if let Some(state) = self.peers.get_mut(&relation.peer) {
-            state.relations = state.relations.saturating_sub(1);
-            state
-                .queue
-                .retain(|q| q.purpose != Purpose::Notification(id));
-            if let Some(flight) = state.in_flight.as_mut()
-                && flight.purpose == Purpose::Notification(id)
-            {
-                flight.replacement = None;
-            }
-        }
-        if let Some(reason) = reason {
-            self.events.push_back(Event::ObserveCancelled {
-                relation: id,
-                peer: relation.peer.clone(),
-                reason,
-            });
-        }
-        self.forget_peer_if_idle(&relation.peer);
-    }
-
-    /// Ends a relation at the application's request (no event, nothing sent).
-    /// Returns false if it did not exist.
-    pub fn cancel_observe(&mut self, relation: RelationId) -> bool {
-        let exists = self.relations.contains_key(&relation);
-        self.cancel_relation(relation, None);
-        exists
-    }
-
-    /// Sends a notification on `relation`. The endpoint sets type, message
-    /// id, token and the Observe sequence number (24-bit, strictly
-    /// increasing). `confirmable` asks for CON; NON is upgraded to CON every
-    /// `observe_con_every` notifications and after `observe_con_interval`.
-    /// A notification replaces an older unacknowledged one of the same
-    /// relation (RFC 7641 §4.5.2). A non-2.xx code ends the relation after
-    /// sending it without Observe (RFC 7641 §4.2). A large payload is sent
-    /// block-wise: the first block, the rest on request.
-    pub fn notify(
-        &mut self,
-        now: Instant,
-        relation: RelationId,
-        mut notification: Message,
-        confirmable: bool,
-    ) -> Result<(), NotifyError> {
-        let con_every = self.config.observe_con_every;
-        let con_interval = self.config.observe_con_interval;
-        let rel = self
-            .relations
-            .get_mut(&relation)
-            .ok_or(NotifyError::UnknownRelation)?;
-        let peer = rel.peer.clone();
-        notification.token = rel.token.clone();
-        let ends = notification.code.class() != 2;
-        let con = confirmable
-            || ends
-            || rel.since_con + 1 >= con_every
-            || now.saturating_duration_since(rel.last_con) >= con_interval;
-        if ends {
-            notification.remove_option(OptionNumber::OBSERVE);
-        } else {
-            rel.seq = observe::next(rel.seq);
-            notification.set_option(
-                OptionNumber::OBSERVE,
-                Bytes::copy_from_slice(&observe::encode(rel.seq)),
-            );
-        }
-        if con {
-            rel.since_con = 0;
-            rel.last_con = now;
-        } else {
-            rel.since_con += 1;
-        }
-        let szx = rel.szx;
-        let uri = rel.uri.clone();
-        notification.remove_option(OptionNumber::BLOCK2);
-        let mut full = None;
-        if notification.payload.len() > 16usize << szx
-            && let Some(first) = segment(&notification, 0, szx)
-        {
-            full = Some(std::mem::replace(&mut notification, first));
-        }
-        // Refuse what cannot be encoded (e.g. an oversized option from the
-        // application) instead of queueing it — and cache the body for the
-        // Block2 follow-ups only when it encodes.
-        notification.to_bytes_with(&self.codec)?;
-        if let Some(full) = full {
-            self.cache_body(now, &peer, &uri, &full);
-        }
-        self.counters.stats.notifications += 1;
-        self.counters.response_out(notification.code);
-        if ends {
-            // The final notification supersedes anything still queued for
-            // the relation; it goes out as a plain CON of its own so that
-            // ending the relation does not discard it. The relation ends
-            // even if the peer's queue is full (it then is not told).
-            self.cancel_relation(relation, None);
-            if !self.enqueue_con(now, &peer, notification, Purpose::Separate(None)) {
-                return Err(NotifyError::QueueFull);
-            }
-            return Ok(());
-        }
-        let in_flight_same = self
-            .peers
-            .get(&peer)
-            .and_then(|p| p.in_flight.as_ref())
-            .is_some_and(|f| f.purpose == Purpose::Notification(relation));
-        if con || in_flight_same {
-            self.enqueue_con(now, &peer, notification, Purpose::Notification(relation));
-        } else {
-            notification.mtype = MessageType::Non;
-            notification.message_id = self.fresh_mid();
-            let mid = notification.message_id;
-            self.send_message(&peer, &notification);
-            self.remember_non_notification(&peer, mid, relation);
-        }
-        Ok(())
-    }
-
-    fn remember_non_notification(&mut self, peer: &Peer, mid: u16, relation: RelationId) {
-        while self.recent_non_order.len() >= RECENT_NON_CAP {
-            if let Some(old) = self.recent_non_order.pop_front() {
-                self.recent_non.remove(&old);
-            }
-        }
-        self.recent_non.insert((peer.clone(), mid), relation);
-        self.recent_non_order.push_back((peer.clone(), mid));
-    }
-
-    /// Moves every observe relation of `old` (and its queued notifications)
-    /// to `new`, e.g. when a device behind a NAT shows up with a new port.
-    /// Returns the number of relations moved.
-    ///
-    /// Relations already at `new` stay. A relation of `old` whose token
-    /// `new` already uses, and the oldest ones beyond
-    /// `max_relations_per_peer` at `new`, are not moved but ended with
-    /// [`Event::ObserveCancelled`] ([`CancelReason::NotRebound`]).
-    pub fn rebind(&mut self, now: Instant, old: &Peer, new: Peer) -> usize {
-        if *old == new {
-            return 0;
-        }
-        let mut candidates: Vec<RelationId> = self
-            .relations
-            .iter()
-            .filter(|(_, r)| r.peer == *old)
-            .map(|(id, _)| *id)
-            .collect();
-        // Newest first: ids grow with time.
-        candidates.sort_unstable_by(|a, b| b.cmp(a));
-        let room = self
-            .config
-            .max_relations_per_peer
-            .saturating_sub(self.peers.get(&new).map_or(0, |p| p.relations));
-        let mut ids = Vec::new();
-        let mut refused = Vec::new();
-        for id in candidates {
-            let collides = self.relations.get(&id).is_some_and(|r| {
-                self.relation_index
-                    .contains_key(&(new.clone(), r.token.clone()))
-            });
-            if collides || ids.len() >= room {
-                refused.push(id);
-            } else {
-                ids.push(id);
-            }
-        }
-        for id in refused {
-            // Still at `old`: its queued notifications go with it.
-            self.cancel_relation(id, Some(CancelReason::NotRebound));
-        }
-        for id in &ids {
-            if let Some(relation) = self.relations.get_mut(id) {
-                self.relation_index
-                    .remove(&(old.clone(), relation.token.clone()));
-                relation.peer = new.clone();
-                self.relation_index
-                    .insert((new.clone(), relation.token.clone()), *id);
-            }
-        }
-        let mut moved_flight = None;
-        let mut moved_queue = Vec::new();
-        if let Some(state) = self.peers.get_mut(old) {
-            state.relations = state.relations.saturating_sub(ids.len());
-            if let Some(flight) = state.in_flight.as_ref()
-                && matches!(flight.purpose, Purpose::Notification(r) if ids.contains(&r))
-            {
-                moved_flight = state.in_flight.take();
-            }
-            let (notifications, rest): (VecDeque<Outgoing>, VecDeque<Outgoing>) = state
-                .queue
-                .drain(..)
-                .partition(|q| matches!(q.purpose, Purpose::Notification(r) if ids.contains(&r)));
-            state.queue = rest;
-            moved_queue.extend(notifications);
-        }
-        self.peers.entry(new.clone()).or_default().relations += ids.len();
-        if let Some(mut flight) = moved_flight {
-            // Re-send the in-flight notification to the new address now,
-            // keeping its retransmission state.
-            let new_idle = self
-                .peers
-                .get(&new)
-                .is_none_or(|state| state.in_flight.is_none());
-            if new_idle {
-                flight.next_at = now + flight.timeout;
-                let (next_at, mid) = (flight.next_at, flight.mid);
-                self.transmits.push_back(Transmit {
-                    peer: new.clone(),
-                    bytes: flight.bytes.clone(),
-                });
-                self.peers.entry(new.clone()).or_default().in_flight = Some(flight);
-                self.push_timer(
-                    next_at,
-                    Timer::Retransmit {
-                        peer: new.clone(),
-                        mid,
-                    },
-                );
-            } else if let Ok(message) = Message::from_bytes(flight.bytes.clone()) {
-                let new_state = self.peers.entry(new.clone()).or_default();
-                new_state.queue.push_front(Outgoing {
-                    message: flight.replacement.unwrap_or(message),
-                    purpose: flight.purpose,
-                });
-            }
-        }
-        for outgoing in moved_queue {
-            self.enqueue_con(now, &new, outgoing.message, outgoing.purpose);
-        }
-        self.send_next_queued(now, old);
-        self.send_next_queued(now, &new);
-        ids.len()
-    }
-
-    // ----------------------------------------------------------------
-    // Block2 cache
-    // ----------------------------------------------------------------
-
-    fn cache_body(&mut self, now: Instant, peer: &Peer, uri: &[u8], response: &Message) {
-        let size = response.payload.len();
-        if size > self.config.block_cache_memory {
-            return;
-        }
-        let key = (peer.clone(), uri.to_vec());
-        if let Some(old) = self.block_cache.remove(&key) {
-            self.block_cache_bytes = self
-                .block_cache_bytes
-                .saturating_sub(old.response.payload.len());
-        }
-        while self.block_cache_order.len() >= self.config.block_cache_entries.max(1)
-            || self.block_cache_bytes + size > self.config.block_cache_memory
-        {
-            let Some((_, serial, old_peer, old_uri)) = self.block_cache_order.pop_front() else {
-                break;
-            };
-            if self.remove_cached_body(&(old_peer, old_uri), serial) {
-                self.counters.stats.block_cache_evictions += 1;
-            }
-        }
-        let serial = self.fresh_serial();
-        let expires = now + self.config.block_cache_lifetime;
-        let mut stored = response.clone();
-        stored.remove_option(OptionNumber::OBSERVE);
-        stored.remove_option(OptionNumber::BLOCK2);
-        stored.remove_option(OptionNumber::BLOCK1);
-        self.block_cache_bytes += size;
-        self.block_cache.insert(
-            key,
-            CachedBody {
-                serial,
-                response: stored,
-            },
-        );
-        self.block_cache_order
-            .push_back((expires, serial, peer.clone(), uri.to_vec()));
-    }
-
-    fn remove_cached_body(&mut self, key: &(Peer, Vec<u8>), serial: u64) -> bool {
-        if self.block_cache.get(key).is_none_or(|c| c.serial != serial) {
-            return false;
-        }
-        if let Some(old) = self.block_cache.remove(key) {
-            self.block_cache_bytes = self
-                .block_cache_bytes
-                .saturating_sub(old.response.payload.len());
-        }
-        true
     }
 
     // ----------------------------------------------------------------
@@ -1757,7 +1080,8 @@ impl Endpoint {
         }
         let id = ClientRequestId(self.fresh_id());
         let token = Bytes::copy_from_slice(&self.rng.next_u64().to_be_bytes());
-        let observe = request.code == Code::GET && request.observe() == Some(observe::REGISTER);
+        let observe =
+            request.code == Code::GET && request.observe() == Some(observe_option::REGISTER);
         let mut template = request.clone();
         template.payload = Bytes::new();
         template.token = token.clone();
@@ -1873,7 +1197,11 @@ impl Endpoint {
                     && let Ok(bytes) = reply.to_bytes_with(&self.codec)
                 {
                     if confirmable {
-                        self.set_exchange_state(&peer, mid, ExchangeState::Answered(bytes.clone()));
+                        self.set_exchange_state(
+                            &peer,
+                            mid,
+                            ExchangeState::Answered(SmallBytes::new(&bytes)),
+                        );
                     }
                     self.transmits.push_back(Transmit {
                         peer: peer.clone(),
@@ -2049,61 +1377,6 @@ impl Endpoint {
         self.next_serial += 1;
         serial
     }
-}
-
-/// The Block1 message for the client's current offset (or the whole
-/// request if it fits one block).
-fn client_block1_message(client: &ClientRequest) -> Message {
-    let mut message = client.template.clone();
-    match client.block1 {
-        None => message.payload = client.body.clone(),
-        Some((offset, szx)) => {
-            let size = 16usize << szx;
-            let end = (offset + size).min(client.body.len());
-            let more = end < client.body.len();
-            let num = u32::try_from(offset / size).unwrap_or(Block::MAX_NUM);
-            message.payload = client.body.slice(offset.min(end)..end);
-            message.set_option(
-                OptionNumber::BLOCK1,
-                Bytes::copy_from_slice(&Block { num, more, szx }.encode()),
-            );
-            if offset == 0 {
-                let total = u32::try_from(client.body.len()).unwrap_or(u32::MAX);
-                message.set_option(
-                    OptionNumber::SIZE1,
-                    Bytes::copy_from_slice(&encode_uint(total)),
-                );
-            }
-        }
-    }
-    message
-}
-
-/// Block `num` of size `16 << szx` of `full`'s payload, with Block2 (and
-/// Size2 on the first block); `None` if `num` lies beyond the body.
-fn segment(full: &Message, num: u32, szx: u8) -> Option<Message> {
-    let size = 16usize << szx;
-    let len = full.payload.len();
-    let start = (num as usize).checked_mul(size)?;
-    if start >= len && num > 0 {
-        return None;
-    }
-    let end = start.saturating_add(size).min(len);
-    let more = end < len;
-    let mut block = full.clone();
-    block.payload = full.payload.slice(start..end);
-    block.set_option(
-        OptionNumber::BLOCK2,
-        Bytes::copy_from_slice(&Block { num, more, szx }.encode()),
-    );
-    if num == 0 {
-        let total = u32::try_from(len).unwrap_or(u32::MAX);
-        block.set_option(
-            OptionNumber::SIZE2,
-            Bytes::copy_from_slice(&encode_uint(total)),
-        );
-    }
-    Some(block)
 }
 
 /// The request's target as bytes (`path/segments?query&entries`): the key

@@ -40,17 +40,21 @@
 //! [`server::EndpointHandle`] for notifications and outgoing requests.
 #![warn(missing_docs, unreachable_pub)]
 
+mod batch;
 mod config;
 mod endpoint;
+mod fast_hash;
 mod link_format;
 mod peer;
 mod random;
 mod reaction;
 pub mod server;
+mod small_bytes;
 mod stats;
 pub mod transport;
 mod types;
 
+pub use batch::RecvBatch;
 pub use config::{
     AckTimeout, ConfigError, EXCHANGE_LIFETIME, EndpointConfig, MAX_CONFIG_DURATION,
     MAX_TRANSMIT_WAIT, NON_LIFETIME,
@@ -60,8 +64,8 @@ pub use link_format::{LinkResource, render_link_format};
 pub use peer::Peer;
 pub use reaction::{Fault, Reaction, wire_reaction};
 pub use server::{
-    BindError, EndpointHandle, Handler, IncomingRequestHandle, Responder, Server, ServerError,
-    ServerEvent, response,
+    BindError, EndpointHandle, Handler, HandlerExecution, IncomingRequestHandle, Responder, Server,
+    ServerError, ServerEvent, response,
 };
 pub use stats::{MalformedCounts, MethodCounts, Stats};
 pub use transport::{Transport, UdpTransport};

@@ -88,6 +88,10 @@ pub struct Stats {
     pub block_cache_evictions: u64,
     /// Block1 transfers refused (4.08, 4.13, memory cap).
     pub block1_rejections: u64,
+    /// Block1 transfers in reassembly evicted to make room for others
+    /// (per-peer or global cap; expiry not counted). Their next block gets
+    /// 4.08.
+    pub block1_evictions: u64,
     /// Malformed input by reaction.
     pub malformed: MalformedCounts,
 }

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 
 use tokio::net::UdpSocket;
 
+use crate::batch::RecvBatch;
 use crate::peer::Peer;
+use crate::types::Transmit;
 
 /// A datagram socket as the driver needs it.
 ///
@@ -25,6 +27,34 @@ pub trait Transport: Send + Sync + 'static {
 
     /// The local address.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Waits for at least one datagram and adds it to `batch`, with what
+    /// else is already queued, up to the batch's free room. Must be
+    /// cancel-safe like `recv`. The default receives one datagram with
+    /// `recv`.
+    fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            let Some(slot) = batch.next_slot() else {
+                return Ok(());
+            };
+            let (n, peer) = self.recv(slot).await?;
+            batch.commit_slot(0, n, peer);
+            batch.consume_slots(1);
+            Ok(())
+        }
+    }
+
+    /// Sends every datagram of `transmits`; a datagram that cannot be sent
+    /// is logged and skipped. The default calls `send` for each.
+    fn send_batch(&self, transmits: &[Transmit]) -> impl Future<Output = ()> + Send {
+        async move {
+            for transmit in transmits {
+                if let Err(error) = self.send(&transmit.peer, &transmit.bytes).await {
+                    tracing::debug!(%error, peer = %transmit.peer, "send error");
+                }
+            }
+        }
+    }
 }
 
 /// Plain CoAP over a tokio `UdpSocket` (`coap://`).
@@ -59,6 +89,47 @@ impl Transport for UdpTransport {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+
+    /// One `recvmmsg(2)` per wakeup on Linux.
+    #[cfg(target_os = "linux")]
+    async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.socket.as_raw_fd();
+        self.socket
+            .async_io(tokio::io::Interest::READABLE, || {
+                crate::batch::mmsg::recv(fd, batch)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// `sendmmsg(2)` of up to 32 datagrams per call on Linux.
+    #[cfg(target_os = "linux")]
+    async fn send_batch(&self, transmits: &[Transmit]) {
+        use std::os::fd::AsRawFd;
+        let fd = self.socket.as_raw_fd();
+        let mut rest = transmits;
+        while !rest.is_empty() {
+            let sent = self
+                .socket
+                .async_io(tokio::io::Interest::WRITABLE, || {
+                    crate::batch::mmsg::send(fd, rest)
+                })
+                .await;
+            let skip = match sent {
+                Ok(sent) => sent.max(1),
+                Err(error) => {
+                    // The first datagram failed (e.g. an ICMP report for
+                    // its destination): drop it, send the rest.
+                    if let Some(first) = rest.first() {
+                        tracing::debug!(%error, peer = %first.peer, "send error");
+                    }
+                    1
+                }
+            };
+            rest = rest.get(skip..).unwrap_or_default();
+        }
     }
 }
 
@@ -124,6 +195,32 @@ mod dtls {
 
         async fn send(&self, peer: &Peer, bytes: &[u8]) -> io::Result<()> {
             self.socket.send_to(peer.addr, bytes).await.map_err(to_io)
+        }
+
+        /// Takes every decrypted datagram already queued, without copying.
+        async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+            let room = batch.capacity().saturating_sub(batch.len());
+            self.socket
+                .recv_many(room.max(1), |datagram| {
+                    batch.push_bytes(
+                        Peer::authenticated(datagram.peer, datagram.identity),
+                        datagram.bytes,
+                    );
+                })
+                .await
+                .map(|_| ())
+                .map_err(to_io)
+        }
+
+        /// Encrypts all under one lock, sends them with one `sendmmsg`.
+        async fn send_batch(&self, transmits: &[Transmit]) {
+            self.socket
+                .send_many(
+                    transmits
+                        .iter()
+                        .map(|transmit| (transmit.peer.addr, &transmit.bytes[..])),
+                )
+                .await;
         }
 
         fn local_addr(&self) -> io::Result<SocketAddr> {
