@@ -44,7 +44,9 @@
 //! Error mapping (one place, `gateway`): bad request → 4.00,
 //! authentication/ACL → 4.01, unknown path or no retained message → 4.04,
 //! wrong method → 4.05, too large → 4.13, repeated bad tokens → 4.29,
-//! [`broker::BrokerError::Unavailable`] and limits → 5.03 with Max-Age.
+//! [`broker::BrokerError::Unavailable`] and limits → 5.03 with Max-Age,
+//! [`broker::BrokerError::Down`] → 5.03 with Max-Age = time to the next
+//! reconnect attempt.
 
 pub mod auth;
 pub mod broker;

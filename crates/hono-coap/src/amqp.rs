@@ -162,6 +162,10 @@ struct Inner {
     config: AmqpConfig,
     /// Name of this instance's command queue.
     command_queue: String,
+    /// `{prefix}.telemetry` and `{prefix}.event`, built once (not per
+    /// message).
+    telemetry_exchange: ShortString,
+    event_exchange: ShortString,
     router: CommandRouter,
     /// The current connection, `None` while down.
     live: Mutex<Option<Arc<Live>>>,
@@ -203,11 +207,15 @@ impl AmqpDownstream {
                 url: redact(&config.url),
                 reason,
             })?;
-        for name in ["telemetry", "event", "command", "command_response"] {
+        for name in ["command", "command_response"] {
             if ShortString::try_new(config.exchange(name)).is_err() {
                 return Err(AmqpConfigError::PrefixTooLong);
             }
         }
+        let telemetry_exchange = ShortString::try_new(config.exchange("telemetry"))
+            .map_err(|_| AmqpConfigError::PrefixTooLong)?;
+        let event_exchange = ShortString::try_new(config.exchange("event"))
+            .map_err(|_| AmqpConfigError::PrefixTooLong)?;
         let instance: u64 = rand::random();
         let command_queue = format!(
             "{}.command.{}-{instance:016x}",
@@ -217,6 +225,8 @@ impl AmqpDownstream {
         let inner = Arc::new(Inner {
             config,
             command_queue,
+            telemetry_exchange,
+            event_exchange,
             router: CommandRouter::default(),
             live: Mutex::new(None),
             ready,
@@ -273,7 +283,7 @@ impl Inner {
 
     async fn publish(
         &self,
-        exchange: &str,
+        exchange: ShortString,
         routing_key: &str,
         payload: &[u8],
         properties: BasicProperties,
@@ -284,7 +294,7 @@ impl Inner {
         let confirm = live
             .publish
             .basic_publish(
-                short(exchange, "exchange")?,
+                exchange,
                 routing_key,
                 BasicPublishOptions {
                     mandatory: true,
@@ -328,8 +338,8 @@ impl Inner {
         {
             return Ok(());
         }
-        let queue = short(&self.config.event_queue(tenant_id), "event queue name")?;
-        let exchange = short(&self.config.exchange("event"), "exchange")?;
+        let queue = short(self.config.event_queue(tenant_id), "event queue name")?;
+        let exchange = short(self.config.exchange("event"), "exchange")?;
         let key = short(tenant_id, "tenant id")?;
         let declared = tokio::time::timeout(
             self.config.confirm_timeout,
@@ -366,15 +376,15 @@ impl Inner {
         qos: Qos,
     ) -> Result<(), DownstreamError> {
         let (exchange, delivery_mode) = match kind {
-            EndpointKind::Telemetry => (self.config.exchange("telemetry"), 1),
+            EndpointKind::Telemetry => (self.telemetry_exchange.clone(), 1),
             EndpointKind::Event => {
                 self.ensure_event_queue(&message.tenant_id).await?;
-                (self.config.exchange("event"), 2)
+                (self.event_exchange.clone(), 2)
             }
         };
         let properties = message_properties(&message, qos, delivery_mode)?;
         self.publish(
-            &exchange,
+            exchange,
             &message.tenant_id,
             &message.payload,
             properties,
@@ -403,7 +413,7 @@ impl Inner {
             properties = properties.with_content_type(short(ct, "content type")?);
         }
         self.publish(
-            &self.config.exchange("command_response"),
+            short(self.config.exchange("command_response"), "exchange")?,
             &response.reply_to,
             &response.payload,
             properties,
@@ -417,7 +427,7 @@ impl Inner {
     async fn bind_command(&self, routing_key: &str, bind: bool) -> Result<(), DownstreamError> {
         let live = self.live()?;
         let queue = short(&self.command_queue, "queue")?;
-        let exchange = short(&self.config.exchange("command"), "exchange")?;
+        let exchange = short(self.config.exchange("command"), "exchange")?;
         let key = short(routing_key, "routing key")?;
         let call = async {
             if bind {
@@ -629,14 +639,11 @@ fn message_properties(
     let mut properties = BasicProperties::default()
         .with_content_type(short(&message.content_type, "content type")?)
         .with_timestamp(epoch_secs(message.creation_time))
-        .with_message_id(short(
-            &format!("{:032x}", rand::random::<u128>()),
-            "message id",
-        )?)
+        .with_message_id(short(message_id(), "message id")?)
         .with_delivery_mode(delivery_mode)
         .with_headers(headers);
     if let Some(ttl) = message.ttl {
-        properties = properties.with_expiration(short(&ttl.as_millis().to_string(), "expiration")?);
+        properties = properties.with_expiration(short(ttl.as_millis().to_string(), "expiration")?);
     }
     Ok(properties)
 }
@@ -654,7 +661,23 @@ fn json_to_amqp(value: &serde_json::Value) -> AMQPValue {
     }
 }
 
-fn short(value: &str, what: &str) -> Result<ShortString, DownstreamError> {
+/// A random 128-bit message id as 32 lowercase hex digits: one allocation,
+/// no `format!` machinery (this runs once per message).
+fn message_id() -> String {
+    let value = rand::random::<u128>();
+    (0..32u32)
+        .rev()
+        .map(|nibble| {
+            // Truncation intended: the value is one hex digit.
+            #[allow(clippy::cast_possible_truncation)]
+            let digit = ((value >> (nibble * 4)) & 0xf) as u32;
+            char::from_digit(digit, 16).unwrap_or('0')
+        })
+        .collect()
+}
+
+/// `value` as a short string; takes an owned `String` without copying it.
+fn short(value: impl Into<String>, what: &str) -> Result<ShortString, DownstreamError> {
     ShortString::try_new(value)
         .map_err(|_| DownstreamError::Invalid(format!("{what} longer than 255 bytes")))
 }

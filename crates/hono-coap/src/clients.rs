@@ -13,8 +13,9 @@
 //! with the tenant and device it authenticated as (for a gateway: the
 //! gateway itself) or, on plain UDP, the tenant and device its URI named.
 //! One device has at most one entry: when it shows up from a new address
-//! (a new DTLS session after a NAT rebinding or restart) the entry of the
-//! old address goes. The table holds at most `capacity` entries; when full,
+//! (a new DTLS session after a NAT rebinding or restart) its entry moves to
+//! the new address (counters start over, the old address's command waits
+//! end; logged at debug — only a new client is logged at info). The table holds at most `capacity` entries; when full,
 //! the entry idle the longest is evicted (an approximation: entries are
 //! queued by the time they were queued, and one active since gets a
 //! second chance at the back of the queue).
@@ -233,8 +234,30 @@ impl ClientTable {
         // (plain UDP): the slow path.
         inner.remove_peer(peer);
         let key = (tenant.to_owned(), device.to_owned());
-        if let Some(previous) = inner.by_device.get(&key).copied() {
-            inner.remove_peer(previous);
+        if let Some(previous) = inner.by_device.get(&key).copied()
+            && let Some(mut entry) = inner.by_peer.remove(&previous)
+        {
+            // The device moved (new DTLS session, NAT rebinding): its entry
+            // moves in place, keeping its strings; the old address's
+            // command waits end with the old address (their guards name
+            // it), and the counters start over for the new address.
+            entry.auth_id = auth_id.map(str::to_owned);
+            entry.transport = transport;
+            entry.first_seen = now;
+            entry.last_activity = now;
+            entry.requests = 1;
+            entry.waits = Vec::new();
+            let id = entry.id;
+            inner.by_peer.insert(peer, entry);
+            if let Some(slot) = inner.by_device.get_mut(&key) {
+                *slot = peer;
+            }
+            inner.order.push_back((peer, id, now));
+            tracing::debug!(%peer, %previous, tenant, device, transport = transport.as_str(), "client moved");
+            if inner.order.len() > inner.by_peer.len().saturating_mul(2).saturating_add(16) {
+                inner.compact_order();
+            }
+            return;
         }
         while inner.by_peer.len() >= self.capacity {
             if !inner.evict_one() {
@@ -507,6 +530,45 @@ mod tests {
             table.find("T", "d2").unwrap().transport,
             ClientTransport::Udp
         );
+    }
+
+    #[test]
+    fn a_moved_device_keeps_one_entry_for_its_new_address() {
+        let table = Arc::new(ClientTable::new(2));
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        table.touch(addr(1), ClientTransport::Dtls, "T", "d1", Some("a"), at(0));
+        table.touch(addr(1), ClientTransport::Dtls, "T", "d1", Some("a"), at(1));
+        let wait = table.begin_wait(addr(1), vec!["d1".into()], at(1), Duration::from_secs(60));
+        assert!(wait.is_some());
+        table.touch(addr(2), ClientTransport::Dtls, "T", "d1", Some("b"), at(2));
+        assert_eq!(table.len(), 1);
+        let c = table.find("T", "d1").unwrap();
+        assert_eq!(c.peer, addr(2));
+        assert_eq!(c.auth_id.as_deref(), Some("b"));
+        assert_eq!((c.requests, c.first_seen, c.command_waits), (1, at(2), 0));
+        // The old address's wait ends with it; its guard finds nothing.
+        drop(wait);
+        assert_eq!(table.command_waits("T", "d1"), Some(Vec::new()));
+        // Back and forth many times: the order queue stays bounded and
+        // eviction still picks the longest idle entry.
+        for i in 0..100u16 {
+            table.touch(
+                addr(10 + i % 2),
+                ClientTransport::Udp,
+                "T",
+                "d1",
+                None,
+                at(3),
+            );
+        }
+        let held = table.len();
+        assert!(table.lock().order.len() <= 2 * held + 16);
+        table.touch(addr(50), ClientTransport::Udp, "T", "d2", None, at(4));
+        table.touch(addr(51), ClientTransport::Udp, "T", "d3", None, at(5));
+        assert_eq!(table.len(), 2);
+        assert!(table.find("T", "d1").is_none());
+        assert!(table.find("T", "d2").is_some() && table.find("T", "d3").is_some());
     }
 
     #[test]

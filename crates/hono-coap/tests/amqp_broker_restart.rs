@@ -12,135 +12,11 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command as Process;
 use std::time::{Duration, Instant, SystemTime};
 
 use hono_coap::{AmqpConfig, AmqpDownstream, Downstream, DownstreamError, DownstreamMessage, Qos};
-use support::{App, next, unique_prefix};
-
-/// A RabbitMQ node of this test's own, on free ports, with its data under a
-/// temporary directory that survives restarts of the node.
-struct PrivateRabbit {
-    dir: tempfile::TempDir,
-    node: String,
-    port: u16,
-    dist_port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn chown_to_rabbitmq(path: &Path) {
-    let status = Process::new("chown")
-        .args(["-R", "rabbitmq:rabbitmq"])
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(
-        status.success(),
-        "cannot chown {} to rabbitmq",
-        path.display()
-    );
-}
-
-impl PrivateRabbit {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hono-rabbit-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("mnesia")).unwrap();
-        std::fs::create_dir_all(root.join("log")).unwrap();
-        std::fs::write(root.join("plugins"), "").unwrap();
-        std::fs::write(root.join("rabbitmq.conf"), "loopback_users = none\n").unwrap();
-        chown_to_rabbitmq(root);
-        let port = free_port();
-        Self {
-            node: format!("honotest{port}@localhost"),
-            dist_port: free_port(),
-            port,
-            dir,
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().to_owned()
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    fn start(&self) {
-        let root = self.root();
-        let status = Process::new("rabbitmq-server")
-            .arg("-detached")
-            .current_dir(&root)
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_NODENAME", &self.node)
-            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", root.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", root.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", root.join("plugins"))
-            .env("RABBITMQ_FEATURE_FLAGS_FILE", root.join("ff"))
-            .env("RABBITMQ_CONFIG_FILE", root.join("rabbitmq"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("rabbitmq-server is not installed; scripts/test.sh installs it");
-        assert!(status.success(), "rabbitmq-server -detached failed");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private RabbitMQ did not start; logs in {}",
-                root.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) {
-        let status = Process::new("rabbitmqctl")
-            .args(["-n", &self.node])
-            .args(args)
-            .current_dir(self.root())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "rabbitmqctl {args:?} failed");
-    }
-
-    fn stop(&self) {
-        let _ = Process::new("rabbitmqctl")
-            .args(["-n", &self.node, "stop"])
-            .current_dir(self.root())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for PrivateRabbit {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use support::{App, SendCommand as _, next, unique_prefix};
+use test_support::rabbit::PrivateRabbit;
 
 fn event(tenant: &str, payload: String) -> DownstreamMessage {
     DownstreamMessage::new(
@@ -155,7 +31,7 @@ fn event(tenant: &str, payload: String) -> DownstreamMessage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_broker_restart_without_losing_confirmed_events() {
-    let rabbit = PrivateRabbit::new();
+    let rabbit = PrivateRabbit::new("hono-rabbit-", "honotest");
     rabbit.start();
     let prefix = unique_prefix();
     let tenant = "RESTART_TENANT";

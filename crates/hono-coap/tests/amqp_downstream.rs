@@ -19,7 +19,7 @@ use hono_coap::{
 };
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use support::{App, amqp_url, header_int, header_str, next, unique_prefix};
+use support::{App, SendCommand as _, amqp_url, header_int, header_str, next, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);

@@ -191,6 +191,17 @@ pub enum BrokerError {
     /// message may not have been accepted. CoAP: 5.03.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The connection to the broker is known to be down (lost, and not
+    /// re-established yet): the operation was refused at once, without
+    /// waiting. CoAP: 5.03 with Max-Age = `retry_after` (at least 1 s).
+    #[error("broker unavailable: {reason}; next reconnect attempt in {} ms", retry_after.as_millis())]
+    Down {
+        /// Why the connection is down (the last connection error).
+        reason: String,
+        /// Time until the next reconnect attempt (zero while one is in
+        /// progress).
+        retry_after: Duration,
+    },
     /// The broker refused the client's credentials or the action. CoAP: 4.01.
     #[error("not authorized by the broker")]
     NotAuthorized,
@@ -214,6 +225,14 @@ pub enum BrokerError {
     /// The broker was configured wrongly (e.g. an unsupported URL scheme).
     #[error("broker configuration: {0}")]
     Config(String),
+}
+
+impl BrokerError {
+    /// True for [`BrokerError::Unavailable`] and [`BrokerError::Down`]: the
+    /// broker could not take the request (CoAP 5.03).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Down { .. })
+    }
 }
 
 /// The broker side of the gateway. All methods are cancellation-safe in the

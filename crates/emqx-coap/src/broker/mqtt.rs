@@ -18,9 +18,13 @@
 //!   presence apply. A refused CONNECT gives [`BrokerError::NotAuthorized`].
 //!
 //! Guarantees: a QoS ≥ 1 publish resolves `Ok` only after PUBACK (QoS 1) or
-//! PUBCOMP (QoS 2). While the connection is down a publish waits at most
-//! [`MqttConfig::unavailable_wait`] for it to come back, then fails with
-//! [`BrokerError::Unavailable`]; a connection lost while waiting for an ack
+//! PUBCOMP (QoS 2). While a connection is still making its first attempt
+//! an operation waits at most [`MqttConfig::unavailable_wait`] for it, then
+//! fails with [`BrokerError::Unavailable`]; once a connection attempt has
+//! failed (broker down, reconnecting) operations fail at once with
+//! [`BrokerError::Down`], which tells when the next reconnect attempt
+//! starts, so a device is answered within milliseconds instead of being
+//! held; a connection lost while waiting for an ack
 //! fails the publish at once; an ack that does not come within
 //! [`MqttConfig::ack_timeout`] fails it too. A failure may be a false
 //! negative (the broker got the message but the ack was lost), never a false
@@ -48,8 +52,6 @@
 mod link;
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -153,8 +155,11 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// TCP + CONNECT timeout (whole seconds, at least 1). Default is 5 s.
     pub connect_timeout: Duration,
-    /// How long an operation waits for a down connection to come back
-    /// before failing with `Unavailable`. Default is 2 s.
+    /// How long an operation waits for a connection that is making its
+    /// first attempt (a new per-client connection, or the gateway's
+    /// connections at start) before failing with `Unavailable`. A
+    /// connection known to be down fails operations at once
+    /// ([`BrokerError::Down`]). Default is 2 s.
     pub unavailable_wait: Duration,
     /// How long a QoS ≥ 1 publish or a subscribe waits for its ack on a
     /// live connection. Default is 10 s.
@@ -335,11 +340,21 @@ impl MqttBroker {
         }
     }
 
+    /// The shared connection of `key` (a topic or filter): the same key
+    /// always goes over the same connection, so one topic's messages keep
+    /// their order. FNV-1a: runs once per publish, needs no DoS resistance
+    /// (a skewed spread only loads one connection more).
     fn shared_link<'l>(links: &'l [Link], key: &str) -> Option<&'l Link> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
+        if links.len() == 1 {
+            return links.first();
+        }
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        // Fold the high half in: FNV-1a's low bits alone mix poorly.
+        let h = h ^ (h >> 32);
         let n = links.len().max(1);
-        links.get((h.finish() % n as u64) as usize)
+        links.get((h % n as u64) as usize)
     }
 
     fn clients(
@@ -384,7 +399,7 @@ impl MqttBroker {
                 }
             }
         };
-        match link.wait_connected(self.config.unavailable_wait).await {
+        match link.wait_usable(self.config.unavailable_wait).await {
             Err(BrokerError::NotAuthorized) => {
                 let mut clients = Self::clients(map);
                 if clients.get(clientid).is_some_and(|l| Arc::ptr_eq(l, &link)) {
@@ -572,7 +587,7 @@ impl Broker for MqttBroker {
                 Model::Shared(_) => Ok(()),
                 Model::PerClient(map) => {
                     let link = self.client_link(map, client).await?;
-                    link.wait_connected(self.config.unavailable_wait).await
+                    link.wait_usable(self.config.unavailable_wait).await
                 }
             }
         })
@@ -758,7 +773,7 @@ mod tests {
             .publish(&client, Publish::new(topic, "p").qos(Qos::AtLeastOnce))
             .await;
         assert!(
-            matches!(result, Err(BrokerError::Unavailable(_))),
+            result.as_ref().is_err_and(BrokerError::is_unavailable),
             "{result:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -768,7 +783,7 @@ mod tests {
             .subscribe(&client, SubscriberId(1), &filter, Qos::AtMostOnce)
             .await;
         assert!(
-            matches!(result, Err(BrokerError::Unavailable(_))),
+            result.as_ref().is_err_and(BrokerError::is_unavailable),
             "{result:?}"
         );
     }

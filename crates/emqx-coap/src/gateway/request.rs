@@ -233,6 +233,13 @@ impl Failure {
                 reason: format!("broker unavailable: {reason}").into(),
                 max_age,
             },
+            BrokerError::Down {
+                reason,
+                retry_after,
+            } => Self::Unavailable {
+                reason: format!("broker unavailable (reconnecting): {reason}").into(),
+                max_age: retry_after_secs(retry_after),
+            },
             BrokerError::NotAuthorized => Self::Unauthorized("not authorized by the broker".into()),
             BrokerError::TooLarge { max, .. } => Self::TooLarge { max },
             BrokerError::MissingClientId => Self::BadRequest("a clientid is required".into()),
@@ -243,6 +250,13 @@ impl Failure {
             other => Self::Internal(other.to_string().into()),
         }
     }
+}
+
+/// Whole seconds, rounded up, at least 1 (a Max-Age of 0 would tell the
+/// device to retry at once, before anything changed).
+fn retry_after_secs(d: std::time::Duration) -> u32 {
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+    u32::try_from(secs).unwrap_or(u32::MAX).max(1)
 }
 
 #[cfg(test)]
@@ -389,6 +403,24 @@ mod tests {
                 .max_age(),
             Some(7)
         );
+        let down = |ms: u64| {
+            Failure::from_broker(
+                BrokerError::Down {
+                    reason: "connection refused".into(),
+                    retry_after: std::time::Duration::from_millis(ms),
+                },
+                5,
+            )
+            .response()
+        };
+        // Max-Age: seconds until the next reconnect attempt, rounded up,
+        // at least 1; not the configured default.
+        assert_eq!(down(0).max_age(), Some(1));
+        assert_eq!(down(200).max_age(), Some(1));
+        assert_eq!(down(1001).max_age(), Some(2));
+        assert_eq!(down(5000).max_age(), Some(5));
+        assert_eq!(down(0).code, Code::SERVICE_UNAVAILABLE);
+        assert!(down(0).payload.starts_with(b"broker unavailable"));
         assert_eq!(
             Failure::TooManyRequests { retry_after: 3 }
                 .response()

@@ -88,6 +88,7 @@ impl Gateway {
             password: params.password,
         };
         self.authenticate(&client).await?;
+        self.check_takeover(&self.state().sessions, &client)?;
         let max_age = self.inner.settings.unavailable_max_age;
         self.inner
             .broker
@@ -97,6 +98,9 @@ impl Gateway {
         let token = new_token();
         let replaced = {
             let mut state = self.state();
+            // Again under the lock: another user may have connected with
+            // this clientid while we authenticated.
+            self.check_takeover(&state.sessions, &client)?;
             if state.sessions.get(&clientid).is_none()
                 && state.sessions.len() >= self.inner.settings.max_sessions
             {
@@ -233,6 +237,29 @@ impl Gateway {
 
     /// Checks username/password against the authentication file, if one is
     /// configured, off the async threads and with bounded concurrency.
+    /// With an authentication file a clientid's live session belongs to
+    /// the user who opened it: the same user may take it over (a device
+    /// that reconnects), another user may not (it would end the device's
+    /// session and, with `${clientid}` ACL rules, get its topics). Without
+    /// an authentication file usernames prove nothing and any connect takes
+    /// over.
+    fn check_takeover(&self, sessions: &Sessions, client: &ClientInfo) -> Result<(), Failure> {
+        if self.inner.auth.is_none() {
+            return Ok(());
+        }
+        let other_user = client
+            .clientid
+            .as_deref()
+            .and_then(|id| sessions.get(id))
+            .is_some_and(|s| s.client.username != client.username);
+        if other_user {
+            return Err(Failure::Unauthorized(
+                "this clientid has a session of another user".into(),
+            ));
+        }
+        Ok(())
+    }
+
     async fn authenticate(&self, client: &ClientInfo) -> Result<(), Failure> {
         let Some(auth) = self.inner.auth.clone() else {
             return Ok(());

@@ -625,6 +625,10 @@ fn auth_file() -> AuthFile {
 username = "alice"
 password_hash = "{hash}"
 
+[[users]]
+username = "mallory"
+password_hash = "{hash}"
+
 [[acl]]
 permission = "deny"
 action = "all"
@@ -711,6 +715,43 @@ async fn connection_mode_authenticates_once_at_connect() {
         .at(&p, req(Code::POST, "ps/secret/1", &["c=d", &t]), now)
         .await;
     assert_eq!(r.response.code, Code::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn another_user_cannot_take_over_a_clientid() {
+    let f = fixture_with_auth(connection_mode(), Some(auth_file()));
+    let now = Instant::now();
+    let connect = |user: &'static str| req(Code::POST, "mqtt/connection", &["c=dev", user, "p=pw"]);
+    let r = f.at(&peer(1), connect("u=alice"), now).await;
+    assert_eq!(r.response.code, Code::CREATED);
+    let t = format!("t={}", text(&r));
+    // Valid credentials of another user: refused, the session stays.
+    let r = f.at(&peer(2), connect("u=mallory"), now).await;
+    assert_eq!(r.response.code, Code::UNAUTHORIZED);
+    assert_eq!(text(&r), "this clientid has a session of another user");
+    let r = f
+        .at(&peer(1), req(Code::POST, "ps/ok", &["c=dev", &t]), now)
+        .await;
+    assert_eq!(r.response.code, Code::CHANGED);
+    // The same user takes over (a device reconnecting from a new address).
+    let r = f.at(&peer(3), connect("u=alice"), now).await;
+    assert_eq!(r.response.code, Code::CREATED);
+    let r = f
+        .at(&peer(1), req(Code::POST, "ps/ok", &["c=dev", &t]), now)
+        .await;
+    assert_eq!(r.response.code, Code::UNAUTHORIZED, "the old token is gone");
+    // Once the session is closed the clientid is free for anyone.
+    let t = format!("t={}", text(&f.at(&peer(3), connect("u=alice"), now).await));
+    let r = f
+        .at(
+            &peer(3),
+            req(Code::DELETE, "mqtt/connection", &["c=dev", &t]),
+            now,
+        )
+        .await;
+    assert_eq!(r.response.code, Code::DELETED);
+    let r = f.at(&peer(2), connect("u=mallory"), now).await;
+    assert_eq!(r.response.code, Code::CREATED);
 }
 
 /// A broker that is down.

@@ -115,6 +115,15 @@ impl ExternalSubscriber {
         }
     }
 
+    /// The next message, or `None` after `wait` without one.
+    #[allow(dead_code)]
+    pub async fn try_next(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub async fn next(&mut self) -> Received {
         tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
             .await

@@ -18,13 +18,13 @@
 //! means no publish is ever reported as accepted without its ack.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5 as p5;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -48,8 +48,52 @@ pub(super) enum LinkStatus {
 
 type Waiter = oneshot::Sender<Result<(), BrokerError>>;
 
+/// The waiter of a QoS ≥ 1 publish and when its ack is due. Publishes have
+/// no timer each: the link's ack sweeper fails overdue ones (see
+/// [`sweep_acks`]), which saves a timer registration per publish.
+struct PubWaiter {
+    tx: Waiter,
+    due: Instant,
+}
+
+/// A QoS 2 publish waiting for its PUBCOMP.
+struct PubComp {
+    pkid: u16,
+    waiter: PubWaiter,
+    /// rumqttc sent another publish with this packet id before the
+    /// PUBCOMP (the id was still in use at the broker): the outcome of both
+    /// is unknown, so both fail rather than risk a false success (a broker
+    /// may take the second as a reused id and drop the first). Only MQTT 5
+    /// links publish QoS 2 (see [`publish_qos4`]).
+    reused: bool,
+}
+
+/// The error for a publish whose packet id rumqttc reused too early.
+fn reused_id_error() -> BrokerError {
+    BrokerError::Unavailable("MQTT packet id reused before PUBCOMP; outcome unknown".into())
+}
+
+/// State of the link's ack sweeper task.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sweeper {
+    /// Not spawned yet (no QoS ≥ 1 publish so far).
+    NotStarted,
+    /// Parked until a publish needs it.
+    Idle,
+    /// Checking deadlines every tick.
+    Busy,
+}
+
+/// Outcome of [`Link::submit`].
+enum Submitted {
+    /// Queued to rumqttc; the ack to wait for (none for QoS 0).
+    Sent(Option<oneshot::Receiver<Result<(), BrokerError>>>),
+    /// The link is not up yet: the message back, to try again.
+    NotUp(Publish),
+}
+
 enum Pending {
-    Publish(Option<Waiter>),
+    Publish(Option<PubWaiter>),
     Subscribe(Option<SubAckTarget>),
     Unsubscribe,
 }
@@ -80,12 +124,59 @@ enum ProbeTarget {
     Subscriber { id: SubscriberId, qos: Qos },
 }
 
+/// Waiters of sent QoS ≥ 1 publishes, indexed by packet id: rumqttc hands
+/// out ids from 1 up to its inflight limit, so the table stays small and a
+/// lookup is an index instead of a hash (it runs twice per publish).
+#[derive(Default)]
+struct PubAcks {
+    slots: Vec<Option<PubWaiter>>,
+}
+
+impl PubAcks {
+    fn insert(&mut self, pkid: u16, waiter: PubWaiter) {
+        let i = usize::from(pkid);
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if let Some(slot) = self.slots.get_mut(i) {
+            *slot = Some(waiter);
+        }
+    }
+
+    fn remove(&mut self, pkid: u16) -> Option<PubWaiter> {
+        self.slots.get_mut(usize::from(pkid)).and_then(Option::take)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Waiter> + '_ {
+        self.slots.iter_mut().filter_map(|s| s.take().map(|w| w.tx))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// Takes the waiters whose ack is overdue at `now`.
+    fn take_overdue(&mut self, now: Instant, out: &mut Vec<Waiter>) {
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|w| w.due <= now)
+                && let Some(w) = slot.take()
+            {
+                out.push(w.tx);
+            }
+        }
+    }
+}
+
 struct LinkState {
     up: bool,
     closed: bool,
     awaiting_pkid: VecDeque<Pending>,
     collided: Option<Pending>,
-    pub_acks: HashMap<u16, Waiter>,
+    pub_acks: PubAcks,
+    /// QoS 2 publishes past PUBREC, waiting for PUBCOMP, oldest first.
+    /// rumqttc frees a packet id at PUBREC and may hand it to another
+    /// publish before the PUBCOMP, so these cannot stay in `pub_acks`.
+    pub_comps: VecDeque<PubComp>,
     sub_acks: HashMap<u16, SubAckTarget>,
     /// Filters whose broker-level SUBSCRIBE is not acknowledged yet, with
     /// every local subscriber waiting for it (the first and any that joined
@@ -97,6 +188,10 @@ struct LinkState {
     subscription_ids: bool,
     probes: Vec<Probe>,
     next_probe: u64,
+    /// While the link is down: why, and when the next reconnect attempt
+    /// starts (in the past while an attempt is in progress).
+    down: Option<(String, Instant)>,
+    sweeper: Sweeper,
 }
 
 enum LinkClient {
@@ -118,6 +213,11 @@ struct Shared {
     credentials: Option<(Option<String>, Option<String>)>,
     /// PUBLISH packets received from the broker.
     received: AtomicU64,
+    /// Mirror of `LinkState::closed` for the event loop, which checks it
+    /// before every poll.
+    closed: AtomicBool,
+    /// Wakes the parked ack sweeper.
+    sweep_wake: Arc<Notify>,
 }
 
 /// What the event loop reports, independent of the MQTT version.
@@ -175,7 +275,9 @@ impl Link {
             closed: false,
             awaiting_pkid: VecDeque::new(),
             collided: None,
-            pub_acks: HashMap::new(),
+            pub_acks: PubAcks::default(),
+            pub_comps: VecDeque::new(),
+            sweeper: Sweeper::NotStarted,
             sub_acks: HashMap::new(),
             subscribing: HashMap::new(),
             subscriptions: LocalSubscriptions::default(),
@@ -183,6 +285,7 @@ impl Link {
             subscription_ids: false,
             probes: Vec::new(),
             next_probe: 0,
+            down: None,
         });
         match config.protocol {
             MqttProtocol::V5 => {
@@ -208,6 +311,8 @@ impl Link {
                     config,
                     credentials,
                     received: AtomicU64::new(0),
+                    closed: AtomicBool::new(false),
+                    sweep_wake: Arc::new(Notify::new()),
                 });
                 tokio::spawn(drive_v5(Arc::downgrade(&shared), eventloop));
                 Self { shared }
@@ -235,6 +340,8 @@ impl Link {
                     config,
                     credentials,
                     received: AtomicU64::new(0),
+                    closed: AtomicBool::new(false),
+                    sweep_wake: Arc::new(Notify::new()),
                 });
                 tokio::spawn(drive_v4(Arc::downgrade(&shared), eventloop));
                 Self { shared }
@@ -280,9 +387,45 @@ impl Link {
             .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
     }
 
+    /// Waits until the link is up, at most until `deadline`, but gives up
+    /// at once when the connection is known to be down (lost and not
+    /// re-established yet): a device is then told to come back later
+    /// ([`BrokerError::Down`]) instead of being held. Only a link that is
+    /// still making its first connection attempt is waited for.
     async fn wait_until(&self, deadline: Instant) -> Result<(), BrokerError> {
-        self.wait_connected(deadline.saturating_duration_since(Instant::now()))
-            .await
+        let mut rx = self.shared.status.subscribe();
+        loop {
+            let status = *rx.borrow_and_update();
+            match status {
+                LinkStatus::Up => return Ok(()),
+                LinkStatus::Down => return Err(self.shared.down_error()),
+                LinkStatus::NotAuthorized => return Err(BrokerError::NotAuthorized),
+                LinkStatus::Closed => {
+                    return Err(BrokerError::Unavailable("connection closed".into()));
+                }
+                LinkStatus::Connecting => {}
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(BrokerError::Unavailable("connection closed".into())),
+                Err(_) => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "not connected to the MQTT broker within {} ms",
+                        self.shared.config.unavailable_wait.as_millis()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Like [`Link::wait_connected`], but returns at once when the
+    /// connection is known to be down (see [`Link::wait_until`]).
+    pub(super) async fn wait_usable(&self, wait: Duration) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        self.wait_until(deadline).await
     }
 
     /// Publishes; for QoS ≥ 1 waits for PUBACK / PUBCOMP.
@@ -296,36 +439,60 @@ impl Link {
         if size > max {
             return Err(BrokerError::TooLarge { size, max });
         }
-        let deadline = self.deadline();
+        // Only needed when the link is not up yet (no clock read per publish).
+        let mut deadline = None;
+        let mut message = message;
         loop {
-            let submitted = {
-                let mut state = self.shared.lock();
-                if state.closed {
-                    return Err(BrokerError::Unavailable("connection closed".into()));
+            match self.submit(message)? {
+                Submitted::Sent(None) => return Ok(()),
+                // No timer here: the ack sweeper fails it when overdue.
+                Submitted::Sent(Some(ack)) => {
+                    return ack.await.unwrap_or_else(|_| {
+                        Err(BrokerError::Unavailable("connection closed".into()))
+                    });
                 }
-                if state.up {
-                    self.shared.client.try_publish(&message)?;
-                    let (tx, rx) = if message.qos == Qos::AtMostOnce {
-                        (None, None)
-                    } else {
-                        let (tx, rx) = oneshot::channel();
-                        (Some(tx), Some(rx))
-                    };
-                    state.awaiting_pkid.push_back(Pending::Publish(tx));
-                    Some(rx)
-                } else if message.qos == Qos::AtMostOnce {
-                    return Err(BrokerError::Unavailable(
-                        "not connected to the MQTT broker".into(),
-                    ));
-                } else {
-                    None
+                Submitted::NotUp(m) => {
+                    message = m;
+                    let deadline = *deadline.get_or_insert_with(|| self.deadline());
+                    self.wait_until(deadline).await?;
                 }
-            };
-            match submitted {
-                Some(None) => return Ok(()),
-                Some(Some(ack)) => return self.await_ack(ack).await,
-                None => self.wait_until(deadline).await?,
             }
+        }
+    }
+
+    /// Hands `message` to rumqttc if the link is up (moving topic and
+    /// payload, no copies here); gives it back when a QoS ≥ 1 publish has
+    /// to wait for the connection.
+    fn submit(&self, message: Publish) -> Result<Submitted, BrokerError> {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(BrokerError::Unavailable("connection closed".into()));
+        }
+        if state.up {
+            let qos = message.qos;
+            self.shared.client.try_publish(message)?;
+            let (waiter, rx) = if qos == Qos::AtMostOnce {
+                (None, None)
+            } else {
+                let (tx, rx) = oneshot::channel();
+                let now = Instant::now();
+                let due = now
+                    .checked_add(self.shared.config.ack_timeout)
+                    .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+                self.shared.start_sweeper(&mut state);
+                (Some(PubWaiter { tx, due }), Some(rx))
+            };
+            state.awaiting_pkid.push_back(Pending::Publish(waiter));
+            Ok(Submitted::Sent(rx))
+        } else if message.qos == Qos::AtMostOnce {
+            if state.down.is_some() {
+                return Err(self.shared.down_error_locked(&state));
+            }
+            Err(BrokerError::Unavailable(
+                "not connected to the MQTT broker".into(),
+            ))
+        } else {
+            Ok(Submitted::NotUp(message))
         }
     }
 
@@ -578,6 +745,7 @@ impl Link {
         let waiters = {
             let mut state = self.shared.lock();
             state.closed = true;
+            self.shared.closed.store(true, Ordering::Release);
             state.up = false;
             state.take_waiters()
         };
@@ -587,6 +755,7 @@ impl Link {
         );
         self.shared.client.try_disconnect();
         self.shared.status.send_replace(LinkStatus::Closed);
+        self.shared.sweep_wake.notify_one();
     }
 }
 
@@ -635,18 +804,55 @@ impl LinkState {
         tag
     }
 
+    /// Publish waiters whose ack is overdue at `now` (their queue entries
+    /// stay, so the FIFO stays in step with rumqttc).
+    fn take_overdue(&mut self, now: Instant) -> Vec<Waiter> {
+        let mut overdue = Vec::new();
+        for pending in self.awaiting_pkid.iter_mut().chain(self.collided.as_mut()) {
+            if let Pending::Publish(slot) = pending
+                && slot.as_ref().is_some_and(|w| w.due <= now)
+                && let Some(w) = slot.take()
+            {
+                overdue.push(w.tx);
+            }
+        }
+        self.pub_acks.take_overdue(now, &mut overdue);
+        let mut i = 0;
+        while let Some(c) = self.pub_comps.get(i) {
+            if c.waiter.due <= now {
+                if let Some(c) = self.pub_comps.remove(i) {
+                    overdue.push(c.waiter.tx);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        overdue
+    }
+
+    /// Whether any publish waits for its ack.
+    fn has_publish_waiters(&self) -> bool {
+        !self.pub_acks.is_empty()
+            || !self.pub_comps.is_empty()
+            || self
+                .awaiting_pkid
+                .iter()
+                .chain(self.collided.as_ref())
+                .any(|p| matches!(p, Pending::Publish(Some(_))))
+    }
+
     fn take_waiters(&mut self) -> Vec<Waiter> {
         let mut waiters = Vec::new();
         for pending in self.awaiting_pkid.drain(..).chain(self.collided.take()) {
             match pending {
-                Pending::Publish(Some(w)) | Pending::Subscribe(Some(SubAckTarget::Waiter(w))) => {
-                    waiters.push(w)
-                }
+                Pending::Publish(Some(w)) => waiters.push(w.tx),
+                Pending::Subscribe(Some(SubAckTarget::Waiter(w))) => waiters.push(w),
                 _ => {}
             }
         }
         waiters.extend(self.subscribing.drain().flat_map(|(_, ws)| ws));
-        waiters.extend(self.pub_acks.drain().map(|(_, w)| w));
+        waiters.extend(self.pub_acks.drain());
+        waiters.extend(self.pub_comps.drain(..).map(|c| c.waiter.tx));
         for (_, target) in self.sub_acks.drain() {
             if let SubAckTarget::Waiter(w) = target {
                 waiters.push(w);
@@ -668,6 +874,21 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Makes sure the ack sweeper runs (a publish is about to wait).
+    fn start_sweeper(self: &Arc<Self>, state: &mut LinkState) {
+        match state.sweeper {
+            Sweeper::Busy => {}
+            Sweeper::Idle => {
+                state.sweeper = Sweeper::Busy;
+                self.sweep_wake.notify_one();
+            }
+            Sweeper::NotStarted => {
+                state.sweeper = Sweeper::Busy;
+                tokio::spawn(sweep_acks(Arc::downgrade(self), self.sweep_wake.clone()));
+            }
+        }
+    }
+
     fn unsubscribe_at_broker(&self, state: &mut LinkState, filter: &str) {
         match self.client.try_unsubscribe(filter) {
             Ok(()) => state.awaiting_pkid.push_back(Pending::Unsubscribe),
@@ -678,7 +899,31 @@ impl Shared {
     /// Handles one event of the event loop. Returns false when the loop
     /// should stop.
     fn handle(&self, event: LinkEvent) -> bool {
+        self.handle_locked(&mut self.lock(), event)
+    }
+
+    /// Handles `events` in order under one lock (an event the event loop
+    /// returned plus those it had already buffered behind it, e.g. a batch
+    /// of PUBACKs read at once). `on_connack` runs for a CONNACK. Returns
+    /// false when the loop should stop.
+    fn handle_batch(
+        &self,
+        events: impl Iterator<Item = LinkEvent>,
+        mut on_connack: impl FnMut(),
+    ) -> bool {
         let mut state = self.lock();
+        for event in events {
+            if matches!(event, LinkEvent::ConnAck { .. }) {
+                on_connack();
+            }
+            if !self.handle_locked(&mut state, event) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn handle_locked(&self, state: &mut LinkState, event: LinkEvent) -> bool {
         match event {
             LinkEvent::ConnAck { subscription_ids } => {
                 if state.closed {
@@ -703,9 +948,11 @@ impl Shared {
                         }
                     }
                 }
-                drop(state);
-                info!("connected to the MQTT broker");
+                state.down = None;
+                // Under the lock, so `up` and the status never disagree for
+                // a caller that checks both.
                 self.status.send_replace(LinkStatus::Up);
+                info!("connected to the MQTT broker");
             }
             LinkEvent::OutPublish(pkid) => {
                 let pending = state
@@ -714,7 +961,14 @@ impl Shared {
                     .or_else(|| state.awaiting_pkid.pop_front());
                 match pending {
                     Some(Pending::Publish(Some(w))) => {
-                        state.pub_acks.insert(pkid, w);
+                        if let Some(c) = state.pub_comps.iter_mut().find(|c| c.pkid == pkid) {
+                            c.reused = true;
+                            let _ = w.tx.send(Err(reused_id_error()));
+                        } else {
+                            // An unacked waiter under the same id can only
+                            // be left from a lost ack: it fails (dropped).
+                            state.pub_acks.insert(pkid, w);
+                        }
                     }
                     Some(Pending::Publish(None)) => {}
                     _ => warn!(pkid, "outgoing publish without a matching request"),
@@ -737,16 +991,34 @@ impl Shared {
                 }
             }
             LinkEvent::OutDisconnect => return false,
-            LinkEvent::PubAck(pkid, result) | LinkEvent::PubComp(pkid, result) => {
-                if let Some(w) = state.pub_acks.remove(&pkid) {
-                    let _ = w.send(result);
+            LinkEvent::PubAck(pkid, result) => {
+                if let Some(w) = state.pub_acks.remove(pkid) {
+                    let _ = w.tx.send(result);
                 }
             }
             LinkEvent::PubRec(pkid, result) => {
-                if result.is_err()
-                    && let Some(w) = state.pub_acks.remove(&pkid)
-                {
-                    let _ = w.send(result);
+                if let Some(w) = state.pub_acks.remove(pkid) {
+                    match result {
+                        Ok(()) => state.pub_comps.push_back(PubComp {
+                            pkid,
+                            waiter: w,
+                            reused: false,
+                        }),
+                        Err(e) => {
+                            let _ = w.tx.send(Err(e));
+                        }
+                    }
+                }
+            }
+            LinkEvent::PubComp(pkid, result) => {
+                let i = state.pub_comps.iter().position(|c| c.pkid == pkid);
+                if let Some(c) = i.and_then(|i| state.pub_comps.remove(i)) {
+                    let result = if c.reused {
+                        Err(reused_id_error())
+                    } else {
+                        result
+                    };
+                    let _ = c.waiter.tx.send(result);
                 }
             }
             LinkEvent::SubAck(pkid, result) => match state.sub_acks.remove(&pkid) {
@@ -760,7 +1032,7 @@ impl Shared {
                 }
                 None => {}
             },
-            LinkEvent::Publish(publish) => self.deliver(&mut state, publish),
+            LinkEvent::Publish(publish) => self.deliver(state, publish),
             LinkEvent::Other => {}
         }
         true
@@ -804,17 +1076,94 @@ impl Shared {
             });
     }
 
+    /// The event loop reported `error` (`refused`: the broker refused the
+    /// credentials): acks read before the failure still count (`stale`
+    /// events), then everything pending fails (see
+    /// [`Shared::connection_lost`]; `discard` empties rumqttc's queues).
+    /// Returns the delay before the next reconnect attempt, or `None` when
+    /// the event loop must stop (refused or closed on purpose).
+    fn connection_failed(
+        &self,
+        error: &dyn std::fmt::Display,
+        refused: bool,
+        attempt: u32,
+        stale: Vec<LinkEvent>,
+        discard: impl FnOnce(),
+    ) -> Option<Duration> {
+        let closed = self.lock().closed;
+        let status = if closed {
+            LinkStatus::Closed
+        } else if refused {
+            LinkStatus::NotAuthorized
+        } else {
+            LinkStatus::Down
+        };
+        if !closed {
+            warn!(%error, "MQTT connection lost");
+        }
+        let err = if refused {
+            BrokerError::NotAuthorized
+        } else {
+            BrokerError::Unavailable(format!("MQTT connection lost: {error}"))
+        };
+        for event in stale.into_iter().filter(is_ack) {
+            self.handle(event);
+        }
+        let delay = backoff(
+            attempt,
+            self.config.reconnect_min,
+            self.config.reconnect_max,
+        );
+        let retry_in = (!refused && !closed).then_some(delay);
+        self.connection_lost(status, err, retry_in, discard);
+        retry_in
+    }
+
     /// The connection failed: discard what rumqttc still holds, fail every
     /// waiter. `discard` runs under the state lock.
-    fn connection_lost(&self, status: LinkStatus, error: BrokerError, discard: impl FnOnce()) {
+    /// `retry_in` is the delay before the next reconnect attempt (none
+    /// when the link stops for good).
+    fn connection_lost(
+        &self,
+        status: LinkStatus,
+        error: BrokerError,
+        retry_in: Option<Duration>,
+        discard: impl FnOnce(),
+    ) {
         let waiters = {
             let mut state = self.lock();
             state.up = false;
+            if let Some(delay) = retry_in {
+                let reason = match &error {
+                    BrokerError::Unavailable(reason) => reason.clone(),
+                    other => other.to_string(),
+                };
+                state.down = Some((reason, Instant::now() + delay));
+            }
             discard();
-            state.take_waiters()
+            let waiters = state.take_waiters();
+            self.status.send_replace(status);
+            waiters
         };
         fail_all(waiters, &error);
-        self.status.send_replace(status);
+    }
+
+    /// The error for an operation refused because the link is down.
+    fn down_error(&self) -> BrokerError {
+        self.down_error_locked(&self.lock())
+    }
+
+    fn down_error_locked(&self, state: &LinkState) -> BrokerError {
+        match &state.down {
+            Some((reason, next_attempt)) => BrokerError::Down {
+                reason: reason.clone(),
+                retry_after: next_attempt.saturating_duration_since(Instant::now()),
+            },
+            None => BrokerError::Down {
+                reason: "not connected to the MQTT broker".into(),
+                retry_after: Duration::ZERO,
+            },
+        }
     }
 }
 
@@ -830,25 +1179,30 @@ fn message_of(p: &IncomingPublish, qos: Qos) -> Message {
 }
 
 impl LinkClient {
-    fn try_publish(&self, m: &Publish) -> Result<(), BrokerError> {
+    fn try_publish(&self, m: Publish) -> Result<(), BrokerError> {
         let result = match self {
             Self::V5(c) => {
                 let properties = p5::PublishProperties {
                     message_expiry_interval: m.expiry.map(expiry_secs),
-                    content_type: m.content_type.clone(),
+                    content_type: m.content_type,
                     ..Default::default()
                 };
                 c.try_publish_with_properties(
-                    m.topic.as_str(),
+                    m.topic.into_string(),
                     qos5(m.qos),
                     m.retain,
-                    m.payload.clone(),
+                    m.payload,
                     properties,
                 )
                 .map_err(|e| e.to_string())
             }
             Self::V4(c) => c
-                .try_publish(m.topic.as_str(), qos4(m.qos), m.retain, m.payload.to_vec())
+                .try_publish(
+                    m.topic.into_string(),
+                    publish_qos4(m.qos),
+                    m.retain,
+                    m.payload.to_vec(),
+                )
                 .map_err(|e| e.to_string()),
         };
         result.map_err(|e| BrokerError::Unavailable(format!("MQTT request queue: {e}")))
@@ -903,11 +1257,18 @@ fn qos5(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
     }
 }
 
-fn qos4(q: Qos) -> rumqttc::QoS {
+/// The QoS a publish goes to the broker with under MQTT 3.1.1: QoS 2 is
+/// sent as QoS 1. A 3.1.1 PUBACK / PUBREC has no reason code, and a broker
+/// that refuses a publish (mosquitto 2.0 past its incoming quota of
+/// `max_inflight_messages`, which QoS 2 publishes hold until PUBREL) still
+/// answers with one, so the message is lost while it looks acknowledged.
+/// QoS 1 publishes hold no quota beyond the moment they are handled, so
+/// they cannot hit that limit. The device gets at-least-once either way: a
+/// 2.04 follows the PUBACK, and the CoAP layer drops retransmissions.
+fn publish_qos4(q: Qos) -> rumqttc::QoS {
     match q {
         Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
-        Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
-        Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+        Qos::AtLeastOnce | Qos::ExactlyOnce => rumqttc::QoS::AtLeastOnce,
     }
 }
 
@@ -1015,11 +1376,50 @@ fn convert_v5(event: rumqttc::v5::Event) -> LinkEvent {
     }
 }
 
+/// Fails publishes whose ack is overdue (`ack_timeout` after they were
+/// queued), checking every `ack_timeout / 8` (5 ms to 500 ms) while any
+/// publish waits, parked otherwise. Ends when the link is closed or gone.
+async fn sweep_acks(link: std::sync::Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        let (tick, parked) = {
+            let Some(shared) = link.upgrade() else { return };
+            let tick = (shared.config.ack_timeout / 8)
+                .clamp(Duration::from_millis(5), Duration::from_millis(500));
+            let mut state = shared.lock();
+            if state.closed {
+                return;
+            }
+            let overdue = state.take_overdue(Instant::now());
+            let parked = !state.has_publish_waiters();
+            if parked {
+                state.sweeper = Sweeper::Idle;
+            }
+            drop(state);
+            if !overdue.is_empty() {
+                let error = BrokerError::Unavailable(format!(
+                    "no acknowledgement from the MQTT broker within {} ms",
+                    shared.config.ack_timeout.as_millis()
+                ));
+                fail_all(overdue, &error);
+            }
+            (tick, parked)
+        };
+        if parked {
+            // A publish (or close) sets Busy and notifies; a notification
+            // sent before this await is kept as a permit.
+            wake.notified().await;
+        } else {
+            tokio::time::sleep(tick).await;
+        }
+    }
+}
+
 /// False once the link was dropped or closed: the event loop must not
 /// connect again (a stale connection with the same client id would make the
 /// broker disconnect its replacement).
 fn still_wanted(link: &std::sync::Weak<Shared>) -> bool {
-    link.upgrade().is_some_and(|shared| !shared.lock().closed)
+    link.upgrade()
+        .is_some_and(|shared| !shared.closed.load(Ordering::Acquire))
 }
 
 /// Acknowledgements that were read before a connection failed still count.
@@ -1044,11 +1444,12 @@ async fn drive_v5(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::v5::Eve
         let Some(shared) = link.upgrade() else { return };
         match polled {
             Ok(event) => {
-                let event = convert_v5(event);
-                if matches!(event, LinkEvent::ConnAck { .. }) {
-                    attempt = 0;
-                }
-                if !shared.handle(event) {
+                // What rumqttc buffered behind this event is handled now,
+                // under the same lock: the next poll would return exactly
+                // these first.
+                let buffered = eventloop.state.events.drain(..).map(convert_v5);
+                let events = std::iter::once(convert_v5(event)).chain(buffered);
+                if !shared.handle_batch(events, || attempt = 0) {
                     return;
                 }
             }
@@ -1061,41 +1462,15 @@ async fn drive_v5(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::v5::Eve
                             | p5::ConnectReturnCode::NotAuthorized
                     )
                 );
-                let closed = shared.lock().closed;
-                let status = if closed {
-                    LinkStatus::Closed
-                } else if refused {
-                    LinkStatus::NotAuthorized
-                } else {
-                    LinkStatus::Down
-                };
-                if !closed {
-                    warn!(%error, "MQTT connection lost");
-                }
-                let err = if refused {
-                    BrokerError::NotAuthorized
-                } else {
-                    BrokerError::Unavailable(format!("MQTT connection lost: {error}"))
-                };
                 let stale: Vec<LinkEvent> =
                     eventloop.state.events.drain(..).map(convert_v5).collect();
-                for event in stale.into_iter().filter(is_ack) {
-                    shared.handle(event);
-                }
-                shared.connection_lost(status, err, || {
+                let retry_in = shared.connection_failed(&error, refused, attempt, stale, || {
                     eventloop.clean();
                     eventloop.pending.clear();
                     eventloop.state.collision = None;
                     eventloop.state.events.clear();
                 });
-                if refused || closed {
-                    return;
-                }
-                let delay = backoff(
-                    attempt,
-                    shared.config.reconnect_min,
-                    shared.config.reconnect_max,
-                );
+                let Some(delay) = retry_in else { return };
                 drop(shared);
                 attempt = attempt.saturating_add(1);
                 tokio::time::sleep(delay).await;
@@ -1111,6 +1486,7 @@ fn convert_v4(event: rumqttc::Event) -> LinkEvent {
             subscription_ids: false,
         },
         Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::PubAck(ack.pkid, Ok(())),
+        Event::Incoming(Incoming::PubRec(rec)) => LinkEvent::PubRec(rec.pkid, Ok(())),
         Event::Incoming(Incoming::PubComp(comp)) => LinkEvent::PubComp(comp.pkid, Ok(())),
         Event::Incoming(Incoming::SubAck(ack)) => {
             let result = match ack.return_codes.first() {
@@ -1150,11 +1526,12 @@ async fn drive_v4(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::EventLo
         let Some(shared) = link.upgrade() else { return };
         match polled {
             Ok(event) => {
-                let event = convert_v4(event);
-                if matches!(event, LinkEvent::ConnAck { .. }) {
-                    attempt = 0;
-                }
-                if !shared.handle(event) {
+                // What rumqttc buffered behind this event is handled now,
+                // under the same lock: the next poll would return exactly
+                // these first.
+                let buffered = eventloop.state.events.drain(..).map(convert_v4);
+                let events = std::iter::once(convert_v4(event)).chain(buffered);
+                if !shared.handle_batch(events, || attempt = 0) {
                     return;
                 }
             }
@@ -1166,41 +1543,15 @@ async fn drive_v4(link: std::sync::Weak<Shared>, mut eventloop: rumqttc::EventLo
                         ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
                     )
                 );
-                let closed = shared.lock().closed;
-                let status = if closed {
-                    LinkStatus::Closed
-                } else if refused {
-                    LinkStatus::NotAuthorized
-                } else {
-                    LinkStatus::Down
-                };
-                if !closed {
-                    warn!(%error, "MQTT connection lost");
-                }
-                let err = if refused {
-                    BrokerError::NotAuthorized
-                } else {
-                    BrokerError::Unavailable(format!("MQTT connection lost: {error}"))
-                };
                 let stale: Vec<LinkEvent> =
                     eventloop.state.events.drain(..).map(convert_v4).collect();
-                for event in stale.into_iter().filter(is_ack) {
-                    shared.handle(event);
-                }
-                shared.connection_lost(status, err, || {
+                let retry_in = shared.connection_failed(&error, refused, attempt, stale, || {
                     eventloop.clean();
                     eventloop.pending.clear();
                     eventloop.state.collision = None;
                     eventloop.state.events.clear();
                 });
-                if refused || closed {
-                    return;
-                }
-                let delay = backoff(
-                    attempt,
-                    shared.config.reconnect_min,
-                    shared.config.reconnect_max,
-                );
+                let Some(delay) = retry_in else { return };
                 drop(shared);
                 attempt = attempt.saturating_add(1);
                 tokio::time::sleep(delay).await;
