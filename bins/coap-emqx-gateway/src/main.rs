@@ -113,6 +113,10 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
         bail!("max_queued_notifications must be at least 1");
     }
     endpoint_config.max_queued_per_peer = config.max_queued_notifications;
+    let transmission = config.transmission().map_err(anyhow::Error::msg)?;
+    endpoint_config.ack_timeout = transmission.ack_timeout;
+    endpoint_config.ack_random_factor = transmission.ack_random_factor;
+    endpoint_config.max_retransmit = transmission.max_retransmit;
 
     // Bind everything before serving, so a port in use ends the process
     // before anything is announced as ready.

@@ -18,16 +18,15 @@
 //! DtlsSocket::stats ─────┴─ every 1 s ─▶ counters, gauges ──┘
 //! ```
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use coap_endpoint::coap_codec::Code;
-use coap_endpoint::{DtlsTransport, EndpointHandle, Peer, Stats, Transport};
+use coap_endpoint::{DtlsTransport, EndpointHandle};
+use coap_metrics::{ListenerMetrics, set_gauge};
 use emqx_coap::broker::Qos;
 use emqx_coap::gateway::{BrokerOperation, Gateway, GatewayObserver};
-use gateway_kit::{Counter, Gauge, Histogram, MetricsError, MetricsRegistry};
+use gateway_kit::{Counter, Histogram, MetricsError, MetricsRegistry};
 
 /// Codes the gateway answers with; anything else counts as `other`.
 const CODES: [Code; 14] = [
@@ -147,200 +146,7 @@ impl GatewayObserver for GatewayMetrics {
     }
 }
 
-/// A counter that follows a total read elsewhere (a statistics snapshot):
-/// each copy adds what the total grew by since the last one.
-struct TotalCounter {
-    counter: Counter,
-    last: u64,
-}
-
-impl TotalCounter {
-    fn new(counter: Counter) -> Self {
-        Self { counter, last: 0 }
-    }
-
-    fn follow(&mut self, total: u64) {
-        if total > self.last {
-            self.counter.inc_by(total - self.last);
-        }
-        self.last = total;
-    }
-}
-
-/// One listener's endpoint statistics as metrics.
-struct EndpointMetrics {
-    handle: EndpointHandle,
-    datagrams_in: TotalCounter,
-    datagrams_out: TotalCounter,
-    /// GET, POST, PUT, DELETE, other.
-    requests: [TotalCounter; 5],
-    retransmissions: TotalCounter,
-    give_ups: TotalCounter,
-    dedup_hits: TotalCounter,
-    queue_drops: TotalCounter,
-    overload_rejections: TotalCounter,
-    malformed: TotalCounter,
-    observers: Gauge,
-}
-
-impl EndpointMetrics {
-    fn register(
-        registry: &MetricsRegistry,
-        listener: &str,
-        handle: EndpointHandle,
-    ) -> Result<Self, MetricsError> {
-        let labels = [("listener", listener)];
-        let counter =
-            |name: &str, help: &str| registry.counter(name, help, &labels).map(TotalCounter::new);
-        const REQUESTS: &str = "coap_requests_total";
-        const REQUESTS_HELP: &str =
-            "CoAP requests received (duplicates not counted), by listener and method.";
-        let request = |method: &str| {
-            registry
-                .counter(
-                    REQUESTS,
-                    REQUESTS_HELP,
-                    &[("listener", listener), ("method", method)],
-                )
-                .map(TotalCounter::new)
-        };
-        Ok(Self {
-            datagrams_in: counter("coap_datagrams_in_total", "UDP/DTLS datagrams received.")?,
-            datagrams_out: counter("coap_datagrams_out_total", "UDP/DTLS datagrams sent.")?,
-            requests: [
-                request("GET")?,
-                request("POST")?,
-                request("PUT")?,
-                request("DELETE")?,
-                request("other")?,
-            ],
-            retransmissions: counter(
-                "coap_retransmissions_total",
-                "CON messages (notifications, requests to devices) sent again after an ACK timeout.",
-            )?,
-            give_ups: counter(
-                "coap_con_give_ups_total",
-                "CON messages given up after the last retransmission.",
-            )?,
-            dedup_hits: counter(
-                "coap_dedup_hits_total",
-                "Duplicate requests (CON and NON) answered from the deduplication cache.",
-            )?,
-            queue_drops: counter(
-                "coap_queue_drops_total",
-                "Notifications dropped because a peer's queue was full.",
-            )?,
-            overload_rejections: counter(
-                "coap_overload_rejections_total",
-                "Requests refused with 5.03 because too many were pending.",
-            )?,
-            malformed: counter(
-                "coap_malformed_total",
-                "Malformed datagrams (answered with RST or 4.0x, or dropped).",
-            )?,
-            observers: registry.gauge(
-                "coap_observers",
-                "Observe relations held by the endpoint.",
-                &labels,
-            )?,
-            handle,
-        })
-    }
-
-    fn copy(&mut self, stats: &Stats) {
-        self.datagrams_in.follow(stats.datagrams_in);
-        self.datagrams_out.follow(stats.datagrams_out);
-        let r = &stats.requests_in;
-        let methods = [r.get, r.post, r.put, r.delete, r.fetch_patch + r.other];
-        for (counter, total) in self.requests.iter_mut().zip(methods) {
-            counter.follow(total);
-        }
-        self.retransmissions.follow(stats.retransmissions);
-        self.give_ups.follow(stats.give_ups);
-        self.dedup_hits
-            .follow(stats.dedup_con_hits.saturating_add(stats.dedup_non_hits));
-        self.queue_drops.follow(stats.queue_drops);
-        self.overload_rejections.follow(stats.overload_rejections);
-        let m = &stats.malformed;
-        self.malformed.follow(
-            m.reset
-                .saturating_add(m.dropped)
-                .saturating_add(m.bad_option)
-                .saturating_add(m.bad_request)
-                .saturating_add(m.method_not_allowed),
-        );
-        set(&self.observers, stats.observers);
-    }
-}
-
-/// The DTLS transport shared between the CoAP server and the metrics task
-/// (which reads its handshake counters).
-pub(crate) struct SharedDtls(pub(crate) Arc<DtlsTransport>);
-
-impl Transport for SharedDtls {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Peer)> {
-        self.0.recv(buf).await
-    }
-
-    async fn send(&self, peer: &Peer, bytes: &[u8]) -> io::Result<()> {
-        self.0.send(peer, bytes).await
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-/// The DTLS socket's counters as metrics.
-struct DtlsMetrics {
-    transport: Arc<DtlsTransport>,
-    sessions: Gauge,
-    completed: TotalCounter,
-    failed: TotalCounter,
-}
-
-impl DtlsMetrics {
-    fn register(
-        registry: &MetricsRegistry,
-        transport: Arc<DtlsTransport>,
-    ) -> Result<Self, MetricsError> {
-        const HANDSHAKES: &str = "dtls_handshakes_total";
-        const HANDSHAKES_HELP: &str = "DTLS handshakes by result: completed, or failed (timeout, \
-             unknown PSK identity, alert, protocol error).";
-        Ok(Self {
-            transport,
-            sessions: registry.gauge(
-                "dtls_sessions",
-                "DTLS sessions (handshaking and established).",
-                &[],
-            )?,
-            completed: TotalCounter::new(registry.counter(
-                HANDSHAKES,
-                HANDSHAKES_HELP,
-                &[("result", "completed")],
-            )?),
-            failed: TotalCounter::new(registry.counter(
-                HANDSHAKES,
-                HANDSHAKES_HELP,
-                &[("result", "failed")],
-            )?),
-        })
-    }
-
-    fn copy(&mut self) {
-        let stats = self.transport.socket().stats();
-        set(
-            &self.sessions,
-            u64::try_from(stats.sessions).unwrap_or(u64::MAX),
-        );
-        self.completed.follow(stats.handshakes_completed);
-        self.failed.follow(stats.handshakes_failed.total());
-    }
-}
-
-fn set(gauge: &Gauge, value: u64) {
-    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
-}
+pub(crate) use coap_metrics::SharedDtls;
 
 /// Copies the gateway's session/observer counts, each listener's endpoint
 /// statistics and the DTLS counters into metrics once a second.
@@ -360,27 +166,14 @@ pub(crate) fn spawn_stats_copier(
         "Observe relations, each one a broker subscription.",
         &[],
     )?;
-    let mut listeners = Vec::with_capacity(handles.len());
-    for (listener, handle) in handles {
-        listeners.push(EndpointMetrics::register(registry, listener, handle)?);
-    }
-    let mut dtls = dtls
-        .map(|transport| DtlsMetrics::register(registry, transport))
-        .transpose()?;
+    let mut listeners = ListenerMetrics::register(registry, handles, dtls)?;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         loop {
             ticker.tick().await;
-            set(&sessions, gateway.session_count() as u64);
-            set(&observers, gateway.observer_count() as u64);
-            for listener in &mut listeners {
-                if let Ok(stats) = listener.handle.stats().await {
-                    listener.copy(&stats);
-                }
-            }
-            if let Some(dtls) = &mut dtls {
-                dtls.copy();
-            }
+            set_gauge(&sessions, gateway.session_count() as u64);
+            set_gauge(&observers, gateway.observer_count() as u64);
+            listeners.refresh().await;
         }
     });
     Ok(())
@@ -389,21 +182,6 @@ pub(crate) fn spawn_stats_copier(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_total_counter_adds_the_growth_of_the_total() {
-        let registry = MetricsRegistry::new();
-        let counter = registry.counter("t_total", "Test.", &[]).unwrap();
-        let mut total = TotalCounter::new(counter.clone());
-        total.follow(5);
-        total.follow(5);
-        total.follow(12);
-        assert_eq!(counter.get(), 12);
-        // A total that went down (a restarted source) adds nothing.
-        total.follow(3);
-        total.follow(4);
-        assert_eq!(counter.get(), 13);
-    }
 
     #[test]
     fn every_family_has_help() {

@@ -15,19 +15,12 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use coap_dtls::{ClientConfig, DtlsClient, DtlsConnector};
+use coap_dtls::DtlsClient;
 use coap_endpoint::coap_codec::{Code, Message, MessageType};
 use support::{Gateway, TempDir, http};
 
 async fn dtls_session(server: SocketAddr) -> DtlsClient {
-    let connector = DtlsConnector::new(ClientConfig::new("sensor1", "secret-1")).unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        DtlsClient::connect(&connector, server),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("handshake failed")
+    test_support::dtls::session(server, "sensor1", "secret-1").await
 }
 
 /// Sends a CON request over `session`; returns the first non-empty
@@ -49,18 +42,7 @@ async fn exchange(
     if session.send(&request.to_bytes().unwrap()).await.is_err() {
         return None;
     }
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let bytes = match session.recv_timeout(left).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) | Err(_) => return None,
-        };
-        let message = Message::from_bytes(bytes).unwrap();
-        if message.code != Code::EMPTY {
-            return Some(message);
-        }
-    }
+    test_support::dtls::first_response(session, limit).await
 }
 
 #[tokio::test]

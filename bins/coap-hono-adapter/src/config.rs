@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use gateway_kit::{ByteSize, HumanDuration, LogFormat, OpsArgs, SecretUrl};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -36,6 +37,12 @@ pub(crate) struct Config {
     pub(crate) confirm_timeout: HumanDuration,
     /// Separator of auth-id and tenant in PSK identities.
     pub(crate) psk_separator: char,
+    /// RFC 7252 ACK_TIMEOUT of the gateway's own confirmable messages.
+    pub(crate) ack_timeout: HumanDuration,
+    /// RFC 7252 ACK_RANDOM_FACTOR.
+    pub(crate) ack_random_factor: f64,
+    /// RFC 7252 MAX_RETRANSMIT.
+    pub(crate) max_retransmit: u32,
     /// How long in-flight requests may take after SIGINT/SIGTERM.
     pub(crate) shutdown_grace: HumanDuration,
     /// Capacity of the table of known clients (management API).
@@ -61,6 +68,9 @@ impl Default for Config {
             registry_poll_interval: HumanDuration(std::time::Duration::from_secs(1)),
             confirm_timeout: HumanDuration(std::time::Duration::from_secs(2)),
             psk_separator: '@',
+            ack_timeout: HumanDuration(Duration::from_secs(2)),
+            ack_random_factor: 1.5,
+            max_retransmit: 4,
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(5)),
             max_clients: hono_coap::DEFAULT_MAX_CLIENTS,
             http: None,
@@ -133,6 +143,23 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "CHAR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) psk_separator: Option<char>,
+    /// RFC 7252 ACK_TIMEOUT: how long the adapter waits for the ACK of its
+    /// own confirmable messages (separate responses after an empty ACK)
+    /// before the first retransmission, e.g. 2s, 300ms [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ack_timeout: Option<HumanDuration>,
+    /// RFC 7252 ACK_RANDOM_FACTOR: the first timeout is drawn from
+    /// [ack-timeout, ack-timeout × factor]; from 1 to 10 [default: 1.5].
+    #[arg(long, value_name = "FACTOR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ack_random_factor: Option<f64>,
+    /// RFC 7252 MAX_RETRANSMIT: retransmissions of a confirmable message
+    /// (at most 20; the timeout doubling each time) before the adapter gives up
+    /// [default: 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=20))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_retransmit: Option<u32>,
     /// After SIGINT/SIGTERM: how long in-flight requests may still take
     /// before the process exits anyway [default: 5s].
     #[arg(long, value_name = "DURATION")]
@@ -201,6 +228,65 @@ impl<'de> Deserialize<'de> for TimeoutToAck {
     }
 }
 
+/// Largest `max_retransmit` accepted (2^20 × ACK_TIMEOUT is already far
+/// beyond any useful give-up time).
+pub(crate) const MAX_RETRANSMIT_LIMIT: u32 = 20;
+
+/// The longest `ack_timeout` accepted.
+const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The RFC 7252 transmission parameters of the configuration, checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Transmission {
+    /// ACK_TIMEOUT.
+    pub(crate) ack_timeout: Duration,
+    /// ACK_RANDOM_FACTOR.
+    pub(crate) ack_random_factor: f64,
+    /// MAX_RETRANSMIT.
+    pub(crate) max_retransmit: u32,
+}
+
+impl Config {
+    /// ACK_TIMEOUT, ACK_RANDOM_FACTOR and MAX_RETRANSMIT, or a one-line
+    /// error naming the key (they may come from the file or the
+    /// environment, which clap does not check).
+    pub(crate) fn transmission(&self) -> Result<Transmission, String> {
+        let ack_timeout = self.ack_timeout.get();
+        if ack_timeout.is_zero() || ack_timeout > MAX_ACK_TIMEOUT {
+            return Err(format!(
+                "ack_timeout {ack_timeout:?}: must be more than 0 and at most 1h"
+            ));
+        }
+        let factor = self.ack_random_factor;
+        if !factor.is_finite() || !(1.0..=10.0).contains(&factor) {
+            return Err(format!(
+                "ack_random_factor {factor}: must be a number from 1 to 10"
+            ));
+        }
+        if self.max_retransmit > MAX_RETRANSMIT_LIMIT {
+            return Err(format!(
+                "max_retransmit {}: must be at most {MAX_RETRANSMIT_LIMIT}",
+                self.max_retransmit
+            ));
+        }
+        // The last retransmission waits ack_timeout × factor × 2^n; the
+        // endpoint refuses more than a year.
+        let longest = ack_timeout.as_secs_f64() * factor * f64::from(1u32 << self.max_retransmit);
+        if longest > 365.0 * 24.0 * 3600.0 {
+            return Err(format!(
+                "max_retransmit {} with ack_timeout {ack_timeout:?} × {factor}: the last \
+                 retransmission timeout would exceed one year",
+                self.max_retransmit
+            ));
+        }
+        Ok(Transmission {
+            ack_timeout,
+            ack_random_factor: factor,
+            max_retransmit: self.max_retransmit,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +310,42 @@ mod tests {
         assert_eq!(config.timeout_to_ack.0, -1);
         let config: Config = toml::from_str("timeout_to_ack = \"1s\"").unwrap();
         assert_eq!(config.timeout_to_ack.0, 1000);
+    }
+
+    #[test]
+    fn transmission_parameters_are_checked() {
+        let config: Config = toml::from_str("").unwrap();
+        let t = config.transmission().unwrap();
+        assert_eq!(
+            (t.ack_timeout, t.ack_random_factor, t.max_retransmit),
+            (Duration::from_secs(2), 1.5, 4)
+        );
+        let config: Config =
+            toml::from_str("ack_timeout = \"100ms\"\nack_random_factor = 1.0\nmax_retransmit = 2")
+                .unwrap();
+        let t = config.transmission().unwrap();
+        assert_eq!(
+            (t.ack_timeout, t.ack_random_factor, t.max_retransmit),
+            (Duration::from_millis(100), 1.0, 2)
+        );
+        for bad in [
+            "ack_timeout = \"0s\"",
+            "ack_timeout = \"2h\"",
+            "ack_random_factor = 0.9",
+            "ack_random_factor = nan",
+            "ack_random_factor = inf",
+            "max_retransmit = 21",
+            "ack_timeout = \"1h\"\nack_random_factor = 10.0\nmax_retransmit = 20",
+        ] {
+            let config: Config = toml::from_str(bad).unwrap();
+            let error = config.transmission().unwrap_err();
+            assert!(!error.contains('\n'), "{error}");
+            let key = bad.split(' ').next().unwrap();
+            assert!(
+                error.contains(key) || error.contains("max_retransmit"),
+                "{bad}: {error}"
+            );
+        }
+        assert!(toml::from_str::<Config>("max_retransmit = -1").is_err());
     }
 }

@@ -123,6 +123,10 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     // Block-wise bodies beyond the payload limit are refused (4.13) while
     // they arrive instead of being reassembled first.
     endpoint_config.max_body_size = config.max_payload_size.as_usize().max(1);
+    let transmission = config.transmission().map_err(anyhow::Error::msg)?;
+    endpoint_config.ack_timeout = transmission.ack_timeout;
+    endpoint_config.ack_random_factor = transmission.ack_random_factor;
+    endpoint_config.max_retransmit = transmission.max_retransmit;
 
     // Listeners. Bind everything before serving, so a port in use ends the
     // process before it announces anything as ready.

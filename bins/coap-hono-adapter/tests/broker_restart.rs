@@ -12,122 +12,11 @@
 #[macro_use]
 mod support;
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command as Process, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
-
-const OPENSSL: &str = "coap-client-openssl";
-const GNUTLS: &str = "coap-client-gnutls";
-
-/// A RabbitMQ node of this test's own, on free ports, with its data under a
-/// temporary directory that survives restarts of the node.
-struct PrivateRabbit {
-    dir: tempfile::TempDir,
-    node: String,
-    port: u16,
-    dist_port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn chown_to_rabbitmq(path: &Path) {
-    let status = Process::new("chown")
-        .args(["-R", "rabbitmq:rabbitmq"])
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(
-        status.success(),
-        "cannot chown {} to rabbitmq",
-        path.display()
-    );
-}
-
-impl PrivateRabbit {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hono-adapter-rabbit-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("mnesia")).unwrap();
-        std::fs::create_dir_all(root.join("log")).unwrap();
-        std::fs::write(root.join("plugins"), "").unwrap();
-        std::fs::write(root.join("rabbitmq.conf"), "loopback_users = none\n").unwrap();
-        chown_to_rabbitmq(root);
-        let port = free_port();
-        Self {
-            node: format!("honoadapter{port}@localhost"),
-            dist_port: free_port(),
-            port,
-            dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    fn start(&self) {
-        let root = self.dir.path();
-        let status = Process::new("rabbitmq-server")
-            .arg("-detached")
-            .current_dir(root)
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_NODENAME", &self.node)
-            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", root.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", root.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", root.join("plugins"))
-            .env("RABBITMQ_FEATURE_FLAGS_FILE", root.join("ff"))
-            .env("RABBITMQ_CONFIG_FILE", root.join("rabbitmq"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("rabbitmq-server is not installed; scripts/test.sh installs it");
-        assert!(status.success(), "rabbitmq-server -detached failed");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private RabbitMQ did not start; logs in {}",
-                root.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&self) {
-        let _ = Process::new("rabbitmqctl")
-            .args(["-n", &self.node, "stop"])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for PrivateRabbit {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use test_support::rabbit::PrivateRabbit;
 
 async fn send_event(adapter: &Adapter, client: &str, body: &str) -> ClientRun {
     run_wait(
@@ -140,7 +29,7 @@ async fn send_event(adapter: &Adapter, client: &str, body: &str) -> ClientRun {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_gives_503_then_recovers_without_losing_events() {
-    let rabbit = PrivateRabbit::new();
+    let rabbit = PrivateRabbit::new("hono-adapter-rabbit-", "honoadapter");
     tokio::task::block_in_place(|| rabbit.start());
     let url = rabbit.url();
     let adapter = Adapter::start(REGISTRY, Some(&url), &["--http", "127.0.0.1:0"]);
@@ -264,23 +153,9 @@ async fn broker_restart_gives_503_then_recovers_without_losing_events() {
     assert_eq!(r.code(), "2.04", "{r:?}");
     assert_eq!(expect(&mut telemetry).await.data, b"t-after");
     drop(adapter);
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap()
+    test_support::http::request(addr, "GET", path).await.0
 }

@@ -17,10 +17,6 @@ use std::time::Duration;
 
 use support::*;
 
-const OPENSSL: &str = "coap-client-openssl";
-const GNUTLS: &str = "coap-client-gnutls";
-const NOTLS: &str = "coap-client-notls";
-
 /// Starts a client in the background.
 fn spawn_client(client: &'static str, args: Vec<String>) -> tokio::task::JoinHandle<ClientRun> {
     tokio::spawn(run_wait(client, 15, args))
@@ -158,7 +154,7 @@ async fn authenticated_device_gets_one_way_and_request_response_commands() {
     )
     .await;
     assert_eq!(r.code(), "4.00", "{r:?}");
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -225,7 +221,7 @@ async fn no_waiting_application_and_a_second_command() {
     .await;
     assert_eq!(r.code(), "5.03", "{r:?}");
     assert_eq!(r.option_values("Max-Age"), vec!["2"]);
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -284,7 +280,7 @@ async fn unauthenticated_device_commands() {
     let d = expect(&mut responses).await;
     assert_eq!(header_int(&d, "status"), Some(204));
     assert_eq!(header_str(&d, "device_id").as_deref(), Some("4712"));
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -377,7 +373,7 @@ async fn gateway_commands_for_one_device_and_for_all_its_devices() {
     // once answered, nobody waits any more
     assert!(!app.send_command(&Cmd::one_way("4712", "late", b"")).await);
     assert!(!app.send_command(&Cmd::one_way("gw-1", "late", b"")).await);
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -453,7 +449,7 @@ async fn separate_response_when_timeout_to_ack_is_zero() {
     expect(&mut default_telemetry).await;
     assert_eq!(r.response().unwrap().mtype, "ACK", "{r:?}");
     assert!(!r.pdus.iter().any(|p| p.code == "0.00"), "{r:?}");
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -483,5 +479,5 @@ async fn ttd_without_command_ends_after_the_ttd() {
     let d = expect(&mut telemetry).await;
     assert_eq!(header_int(&d, "ttd"), Some(1));
     assert!(!app.send_command(&Cmd::one_way("4711", "late", b"")).await);
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }

@@ -19,25 +19,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use coap_dtls::{ClientConfig, DtlsClient, DtlsConnector};
+use coap_dtls::DtlsClient;
 use coap_endpoint::coap_codec::{Code, ContentFormat, Message, MessageType};
 use futures_lite::StreamExt as _;
 use serde_json::Value;
 use support::*;
 
-const NOTLS: &str = "coap-client-notls";
-
 /// A DTLS-PSK session made with our own client, so the test can keep
 /// using it after the kick.
 async fn dtls_session(server: SocketAddr, (identity, key): (&str, &str)) -> DtlsClient {
-    let connector = DtlsConnector::new(ClientConfig::new(identity, key)).unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        DtlsClient::connect(&connector, server),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("handshake failed")
+    test_support::dtls::session(server, identity, key).await
 }
 
 fn telemetry(message_id: u16, uri: &str, body: &str) -> Vec<u8> {
@@ -58,19 +49,7 @@ fn telemetry(message_id: u16, uri: &str, body: &str) -> Vec<u8> {
 /// The first non-empty response on `session` within `limit` (empty ACKs
 /// are skipped), or `None`.
 async fn response(session: &mut DtlsClient, limit: Duration) -> Option<Message> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let bytes = match session.recv_timeout(left).await {
-            Ok(Some(bytes)) => bytes,
-            // A closed session (close_notify from the server) or no answer.
-            Ok(None) | Err(_) => return None,
-        };
-        let message = Message::from_bytes(bytes).unwrap();
-        if message.code != Code::EMPTY {
-            return Some(message);
-        }
-    }
+    test_support::dtls::first_response(session, limit).await
 }
 
 #[tokio::test]
@@ -328,31 +307,12 @@ async fn sigterm_during_con_load_loses_no_acknowledged_telemetry() {
         acknowledged.len(),
         missing.iter().take(5).collect::<Vec<_>>()
     );
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 /// A minimal HTTP/1.1 request: status and body.
 async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    test_support::http::request(addr, method, path).await
 }
 
 /// [`http_request`] with the body parsed as JSON.

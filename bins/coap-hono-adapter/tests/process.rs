@@ -18,9 +18,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const OPENSSL: &str = "coap-client-openssl";
-const NOTLS: &str = "coap-client-notls";
-
 fn binary() -> Process {
     let mut command = Process::new(env!("CARGO_BIN_EXE_coap-hono-adapter"));
     command
@@ -313,24 +310,5 @@ async fn wait_for_stdout(adapter: &Adapter, needle: &str) -> String {
 
 /// A minimal HTTP/1.1 GET: status and body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    test_support::http::request(addr, "GET", path).await
 }

@@ -18,10 +18,6 @@ use std::time::Duration;
 
 use support::*;
 
-const OPENSSL: &str = "coap-client-openssl";
-const GNUTLS: &str = "coap-client-gnutls";
-const NOTLS: &str = "coap-client-notls";
-
 #[tokio::test]
 async fn telemetry_via_post_with_psk_arrives_with_headers() {
     let url = amqp_url();
@@ -99,7 +95,7 @@ async fn telemetry_via_post_with_psk_arrives_with_headers() {
     assert_eq!(header_int(&d, "qos"), Some(0));
     // no Content-Format: the device's default content type
     assert_eq!(content_type(&d).as_deref(), Some("application/json"));
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -190,7 +186,7 @@ async fn unauthenticated_devices_and_gateways() {
             .await
             .is_none()
     );
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -232,7 +228,7 @@ async fn wrong_psk_fails_the_handshake() {
             .await
             .is_none()
     );
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -345,7 +341,7 @@ async fn payload_rules_size_limit_and_resources() {
             .await
             .is_none()
     );
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -382,7 +378,7 @@ async fn events_wait_for_the_application_and_telemetry_without_consumer_gets_503
     assert_eq!(*d.properties.delivery_mode(), Some(2));
     assert_eq!(header_str(&d, "orig_address").as_deref(), Some("/event"));
     assert_eq!(header_int(&d, "qos"), Some(1));
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -425,7 +421,7 @@ async fn data_volume_limit_gives_429() {
             .await
             .is_none()
     );
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 #[tokio::test]
@@ -483,7 +479,7 @@ async fn server_time_option() {
     )
     .await;
     assert!(r.option_values("65000").is_empty(), "{r:?}");
-    app.cleanup().await;
+    app.cleanup(&[]).await;
 }
 
 /// Decodes libcoap's printing of an opaque option (`\x01\xA2...`, printable

@@ -12,7 +12,7 @@
 //! instances.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -430,24 +430,8 @@ impl RawClient {
 
 // ---- MQTT ---------------------------------------------------------------
 
-/// `MQTT_URL` from the environment; fails the test when unset.
-pub fn mqtt_url() -> String {
-    std::env::var("MQTT_URL").unwrap_or_else(|_| {
-        panic!(
-            "MQTT_URL is not set. Run the suite with scripts/test.sh (it starts mosquitto and sets MQTT_URL), \
-             or export MQTT_URL=mqtt://127.0.0.1:1883 for a running mosquitto."
-        )
-    })
-}
-
-pub fn host_port(url: &str) -> (String, u16) {
-    let rest = url.strip_prefix("mqtt://").expect("mqtt:// URL");
-    let (h, p) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .unwrap_or((rest, "1883"));
-    (h.to_owned(), p.parse().unwrap())
-}
+#[allow(unused_imports, reason = "not every test file uses every helper")]
+pub use test_support::mqtt::{PrivateMosquitto, host_port, mqtt_url};
 
 /// A topic prefix no other test (or test run) uses.
 pub fn unique_prefix(name: &str) -> String {
@@ -547,102 +531,15 @@ impl MqttSubscriber {
 /// Publishes one message with a plain rumqttc client and waits for its
 /// acknowledgement (QoS 1/2) or for it to be written (QoS 0).
 pub async fn mqtt_publish(url: &str, topic: &str, payload: &str, qos: u8, retain: bool) {
-    let (host, port) = host_port(url);
-    let options = MqttOptions::new(format!("t-pub-{}", unique()), host, port);
-    let (client, mut eventloop) = AsyncClient::new(options, 8);
-    let q = match qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    };
-    client
-        .publish(topic, q, retain, payload.as_bytes().to_vec())
-        .await
-        .unwrap();
-    let done = async {
-        loop {
-            match eventloop.poll().await.unwrap() {
-                Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == 0 => {
-                    client.disconnect().await.unwrap();
-                }
-                Event::Outgoing(rumqttc::Outgoing::Disconnect) => return,
-                Event::Incoming(Packet::PubAck(_)) if qos == 1 => return,
-                Event::Incoming(Packet::PubComp(_)) if qos == 2 => return,
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), done)
-        .await
-        .unwrap();
-}
-
-/// A mosquitto of our own on a free loopback port, killed on drop.
-pub struct PrivateMosquitto {
-    pub port: u16,
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateMosquitto {
-    pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = TempDir::new("coap-emqx-gw-mosq");
-        dir.file(
-            "mosquitto.conf",
-            &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        );
-        let mut me = Self {
-            port,
-            dir,
-            child: None,
-        };
-        me.restart();
-        me
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts (again) on the same port and waits until it accepts.
-    pub fn restart(&mut self) {
-        self.stop();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(self.dir.0.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private mosquitto did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for PrivateMosquitto {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    test_support::mqtt::publish(
+        url,
+        format!("t-pub-{}", unique()),
+        topic,
+        payload,
+        qos,
+        retain,
+    )
+    .await;
 }
 
 // ---- HTTP (metrics, health, management API) ------------------------------

@@ -3,21 +3,18 @@
 //! RabbitMQ with lapin.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command as Process, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+#[allow(unused_imports, reason = "not every test file uses every helper")]
+pub(crate) use test_support::amqp::{amqp_url, header_int, header_str, next};
+use test_support::process::collect_lines;
+#[allow(unused_imports, reason = "not every test file uses every helper")]
+pub(crate) use test_support::process::listening;
 
 /// The registry most tests use (Hono's sample identities).
 pub(crate) const REGISTRY: &str = r#"{
@@ -65,23 +62,20 @@ pub(crate) const REGISTRY: &str = r#"{
   ]
 }"#;
 
+/// libcoap's client built with OpenSSL.
+pub(crate) const OPENSSL: &str = "coap-client-openssl";
+/// libcoap's client built with GnuTLS.
+pub(crate) const GNUTLS: &str = "coap-client-gnutls";
+/// libcoap's client without DTLS.
+pub(crate) const NOTLS: &str = "coap-client-notls";
+
 pub(crate) const TENANT: &str = "DEFAULT_TENANT";
 pub(crate) const SENSOR: (&str, &str) = ("sensor1@DEFAULT_TENANT", "hono-secret");
 pub(crate) const GATEWAY: (&str, &str) = ("gw@DEFAULT_TENANT", "gw-secret");
 
-/// The broker under test.
-pub(crate) fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| {
-        panic!(
-            "AMQP_URL is not set: these tests need RabbitMQ; run them with scripts/test.sh \
-             (which starts one), or export AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f"
-        )
-    })
-}
-
 /// A unique exchange prefix, so tests do not see each other's messages.
 pub(crate) fn unique_prefix() -> String {
-    format!("it-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+    test_support::amqp::unique_prefix("it")
 }
 
 /// A running `coap-hono-adapter` process.
@@ -242,24 +236,6 @@ impl Drop for Adapter {
             let _ = child.wait();
         }
     }
-}
-
-fn collect_lines(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { return };
-            into.lock().unwrap().push(line);
-        }
-    });
-}
-
-/// The address of a `listening what=WHAT addr=ADDR` line.
-pub(crate) fn listening(lines: &[String], what: &str) -> Option<SocketAddr> {
-    let needle = format!("what={what} addr=");
-    lines.iter().find_map(|l| {
-        let rest = &l[l.find(&needle)? + needle.len()..];
-        rest.split_whitespace().next()?.parse().ok()
-    })
 }
 
 /// One CoAP message as printed by `coap-client -v 6`.
@@ -454,142 +430,37 @@ impl<const N: usize> IntoArgs for [String; N] {
     }
 }
 
-/// The application side on RabbitMQ.
-pub(crate) struct App {
-    pub(crate) connection: Connection,
-    pub(crate) channel: Channel,
-    pub(crate) prefix: String,
-    queues: Vec<String>,
-}
+pub(crate) use test_support::amqp::App;
 
-impl App {
-    pub(crate) async fn connect(url: &str, prefix: &str) -> Self {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .expect("test client cannot connect to RabbitMQ");
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        Self {
-            connection,
-            channel,
-            prefix: prefix.to_owned(),
-            queues: Vec::new(),
-        }
-    }
-
-    /// An exclusive server-named queue bound to `{prefix}.{exchange}` with
-    /// `key`, consumed (auto-ack).
-    pub(crate) async fn consume(&mut self, exchange: &str, key: &str) -> lapin::Consumer {
-        let queue = self
-            .channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let name = queue.name().as_str().to_owned();
-        self.bind(&name, exchange, key).await;
-        self.consume_queue(&name).await
-    }
-
-    /// Declares the durable event queue the adapter uses for `tenant`
-    /// (`{prefix}.event.{tenant}`), bound, and consumes it.
-    pub(crate) async fn consume_events(&mut self, tenant: &str) -> lapin::Consumer {
-        let name = format!("{}.event.{tenant}", self.prefix);
-        self.channel
-            .queue_declare(
-                name.clone().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.bind(&name, "event", tenant).await;
-        self.consume_queue(&name).await
-    }
-
-    async fn bind(&mut self, queue: &str, exchange: &str, key: &str) {
-        self.channel
-            .queue_bind(
-                queue.into(),
-                format!("{}.{exchange}", self.prefix).into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.queues.push(queue.to_owned());
-    }
-
-    /// Consumes an existing queue (auto-ack).
-    pub(crate) async fn consume_queue(&self, queue: &str) -> lapin::Consumer {
-        self.channel
-            .basic_consume(
-                queue.into(),
-                format!("it-{:x}", rand::random::<u32>()).into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-    }
-
+/// Commands as this binary's tests send them.
+pub(crate) trait SendCommand {
     /// Publishes a command (mandatory); `true` if routed to a waiting
     /// device, `false` if the broker returned it.
-    pub(crate) async fn send_command(&self, command: &Cmd<'_>) -> bool {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "subject".into(),
-            AMQPValue::LongString(LongString::from(command.name.as_bytes().to_vec())),
-        );
-        let mut props = BasicProperties::default().with_headers(headers);
-        if let Some(ct) = command.content_type {
-            props = props.with_content_type(ct.into());
-        }
-        if let Some((correlation_id, reply_to)) = command.reply {
-            props = props
-                .with_correlation_id(correlation_id.into())
-                .with_reply_to(reply_to.into());
-        }
-        let confirm = self
-            .channel
-            .basic_publish(
-                format!("{}.command", self.prefix).into(),
-                format!("{}/{}", command.tenant, command.device).into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                command.payload,
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        match confirm {
-            Confirmation::Ack(None) => true,
-            Confirmation::Ack(Some(_)) => false,
-            other => panic!("unexpected confirmation {other:?}"),
-        }
+    async fn send_command(&self, command: &Cmd<'_>) -> bool;
+    /// Sends a command once the device waits (retrying while it is
+    /// returned as unroutable, up to 10 s).
+    async fn send_command_when_waiting(&self, command: &Cmd<'_>);
+}
+
+impl SendCommand for App {
+    /// Publishes a command (mandatory); `true` if routed to a waiting
+    /// device, `false` if the broker returned it.
+    async fn send_command(&self, command: &Cmd<'_>) -> bool {
+        self.publish_command(&test_support::amqp::Command {
+            tenant: command.tenant,
+            device: command.device,
+            name: command.name,
+            content_type: command.content_type,
+            correlation_id: command.reply.map(|(c, _)| c),
+            reply_to: command.reply.map(|(_, r)| r),
+            payload: command.payload,
+        })
+        .await
     }
 
     /// Sends a command once the device waits (retrying while it is
     /// returned as unroutable, up to 10 s).
-    pub(crate) async fn send_command_when_waiting(&self, command: &Cmd<'_>) {
+    async fn send_command_when_waiting(&self, command: &Cmd<'_>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.send_command(command).await {
             assert!(
@@ -600,26 +471,6 @@ impl App {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Deletes the prefix's exchanges and the queues this app declared.
-    pub(crate) async fn cleanup(self) {
-        for q in &self.queues {
-            let _ = self
-                .channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in ["telemetry", "event", "command", "command_response"] {
-            let _ = self
-                .channel
-                .exchange_delete(
-                    format!("{}.{e}", self.prefix).into(),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = self.connection.close(200, "test done".into()).await;
     }
 }
 
@@ -661,42 +512,11 @@ impl<'a> Cmd<'a> {
     }
 }
 
-/// The next delivery within `timeout`, or `None`.
-pub(crate) async fn next(consumer: &mut lapin::Consumer, timeout: Duration) -> Option<Delivery> {
-    match tokio::time::timeout(timeout, consumer.next()).await {
-        Ok(Some(Ok(d))) => Some(d),
-        Ok(other) => panic!("consumer ended: {other:?}"),
-        Err(_) => None,
-    }
-}
-
 /// The next delivery within 5 s; fails otherwise.
 pub(crate) async fn expect(consumer: &mut lapin::Consumer) -> Delivery {
     next(consumer, Duration::from_secs(5))
         .await
         .expect("no message arrived within 5 s")
-}
-
-/// A header as a string.
-pub(crate) fn header_str(d: &Delivery, name: &str) -> Option<String> {
-    match d.properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        other => Some(format!("{other:?}")),
-    }
-}
-
-/// A header as an integer.
-pub(crate) fn header_int(d: &Delivery, name: &str) -> Option<i64> {
-    match d.properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongInt(i) => Some(i64::from(*i)),
-        AMQPValue::LongLongInt(i) => Some(*i),
-        AMQPValue::ShortShortUInt(i) => Some(i64::from(*i)),
-        AMQPValue::ShortShortInt(i) => Some(i64::from(*i)),
-        AMQPValue::ShortInt(i) => Some(i64::from(*i)),
-        AMQPValue::LongUInt(i) => Some(i64::from(*i)),
-        _ => None,
-    }
 }
 
 /// The content type property.
