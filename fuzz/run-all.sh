@@ -34,7 +34,7 @@ for target in $(cargo +nightly fuzz list); do
     extra=()
     case "$target" in
         # Operation sequences need longer inputs than single datagrams.
-        endpoint_*) extra=(-max_len=4096) ;;
+        endpoint_* | emqx_handler | hono_handler | dtls_record) extra=(-max_len=4096) ;;
     esac
     log="$logdir/$target.log"
     echo "== $target: ${secs}s"

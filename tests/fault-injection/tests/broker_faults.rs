@@ -11,6 +11,8 @@
     missing_docs
 )]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,24 +126,7 @@ async fn rabbitmq_kill9_under_load_loses_no_acknowledged_event() {
     let url = rabbit.url();
     let registry = registry_file();
     let prefix = format!("fk{:x}", rand::random::<u32>());
-    let mut adapter = GatewayProcess::start(
-        "coap-hono-adapter",
-        &[
-            "--registry",
-            registry.to_str().unwrap(),
-            "--dtls",
-            "127.0.0.1:0",
-            "--insecure-udp",
-            "127.0.0.1:0",
-            "--amqp",
-            &url,
-            "--exchange-prefix",
-            &prefix,
-            "--http",
-            "127.0.0.1:0",
-        ],
-        &["udp", "dtls", "http"],
-    );
+    let mut adapter = support::hono_adapter(&registry, &url, &prefix, &["udp", "dtls", "http"]);
     let tally = Arc::new(Tally::default());
     let make: Arc<MakeRequest> = Arc::new(move |client, c, seq| {
         let payload = format!("d{c}-{seq}");

@@ -421,8 +421,10 @@ async fn oversized_and_abandoned_blockwise_transfers_are_bounded() {
         .map(|v| v.to_vec());
     // 2. thousands of transfers started and abandoned (first block only)
     let rss_before = gw.rss_kib();
-    // 4 000 first blocks (4 MiB), just under the endpoint's global cap of
-    // 4 096 transfers in reassembly.
+    // 4 000 first blocks (4 MiB) from one socket: the endpoint keeps the
+    // newest 16 (its per-peer cap) and evicts the older ones, so memory
+    // stays flat (blockwise_fairness.rs checks that others are not locked
+    // out).
     let abandoned: usize = 4_000;
     let mut sockets = Vec::new();
     for _ in 0..=abandoned / 50_000 {

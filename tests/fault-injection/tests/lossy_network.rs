@@ -12,6 +12,8 @@
     missing_docs
 )]
 
+mod support;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -264,24 +266,7 @@ async fn con_events_through_a_lossy_link_reach_rabbitmq_at_least_once() {
     let url = fault_injection_tests::amqp_url();
     let registry = fault_injection_tests::hono_registry::registry_file();
     let prefix = format!("fl{:x}", rand::random::<u32>());
-    let mut adapter = GatewayProcess::start(
-        "coap-hono-adapter",
-        &[
-            "--registry",
-            registry.to_str().unwrap(),
-            "--dtls",
-            "127.0.0.1:0",
-            "--insecure-udp",
-            "127.0.0.1:0",
-            "--amqp",
-            &url,
-            "--exchange-prefix",
-            &prefix,
-            "--http",
-            "127.0.0.1:0",
-        ],
-        &["udp", "dtls", "http"],
-    );
+    let mut adapter = support::hono_adapter(&registry, &url, &prefix, &["udp", "dtls", "http"]);
     let seed = 0x5eed_0003;
     let link = Arc::new(LossyLink::start(adapter.addr("udp"), LOSSY, seed).await);
     let tally = Arc::new(Tally::default());
@@ -350,22 +335,7 @@ async fn dtls_handshakes_and_events_survive_a_lossy_link() {
     let url = fault_injection_tests::amqp_url();
     let registry = fault_injection_tests::hono_registry::registry_file();
     let prefix = format!("fd{:x}", rand::random::<u32>());
-    let mut adapter = GatewayProcess::start(
-        "coap-hono-adapter",
-        &[
-            "--registry",
-            registry.to_str().unwrap(),
-            "--dtls",
-            "127.0.0.1:0",
-            "--amqp",
-            &url,
-            "--exchange-prefix",
-            &prefix,
-            "--http",
-            "127.0.0.1:0",
-        ],
-        &["dtls", "http"],
-    );
+    let mut adapter = support::hono_adapter(&registry, &url, &prefix, &["dtls", "http"]);
     let seed = 0x5eed_0004;
     let link = LossyLink::start(adapter.addr("dtls"), LOSSY, seed).await;
     let (identity, key) = fault_injection_tests::hono_registry::D0;

@@ -12,6 +12,8 @@
     missing_docs
 )]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -167,22 +169,7 @@ async fn dtls_client_from_a_new_port_handshakes_again_and_loses_nothing() {
     let url = amqp_url();
     let registry = registry_file();
     let prefix = format!("fn{:x}", rand::random::<u32>());
-    let mut adapter = GatewayProcess::start(
-        "coap-hono-adapter",
-        &[
-            "--registry",
-            registry.to_str().unwrap(),
-            "--dtls",
-            "127.0.0.1:0",
-            "--amqp",
-            &url,
-            "--exchange-prefix",
-            &prefix,
-            "--http",
-            "127.0.0.1:0",
-        ],
-        &["dtls", "http"],
-    );
+    let mut adapter = support::hono_adapter(&registry, &url, &prefix, &["dtls", "http"]);
     let connector = DtlsConnector::new(ClientConfig::new(D0.0, D0.1)).unwrap();
     let tally = Tally::default();
     let mut mid = 1u16;
