@@ -259,8 +259,9 @@ def main():
       "`ps/bench/{client}?qos=0` NON or `?qos=1` CON (2.04 after the PUBACK); `mqtt-publish`: "
       "`coap-bench mqtt-publish`, one rumqttc MQTT 5 connection per client to the same mosquitto, "
       "QoS 1 waits for each PUBACK.")
-    w("- `hono`: `coap-hono-adapter` with `--amqp`, PUT `/telemetry/DEFAULT_TENANT/4711` on the insecure "
-      "port or POST `/telemetry` over DTLS (`sensor1@DEFAULT_TENANT`); CON is answered after RabbitMQ's "
+    w("- `hono`: `coap-hono-adapter` with `--amqp`, PUT `/telemetry/DEFAULT_TENANT/bench-N` on the insecure "
+      "port or POST `/telemetry` over DTLS (`bench-N@DEFAULT_TENANT`), one registered device per "
+      "client N (a device per address, as deployed); CON is answered after RabbitMQ's "
       "publisher confirm. `coap-bench amqp-consume` keeps a queue bound to `hono.telemetry`. "
       "`amqp-publish`: lapin alone, one connection, one confirm-mode channel, mandatory, each client "
       "waiting for its confirm — what the adapter does per request. Hono NON telemetry runs last: it "

@@ -15,6 +15,8 @@
 #   --fuzz SECS   afterwards run every cargo-fuzz target for SECS seconds
 #                 (fuzz/run-all.sh: installs nightly's cargo-fuzz if missing,
 #                 fails on any crash)
+#   --ci          what CI runs (.ci/run): everything above plus one minute
+#                 per fuzz target (--fuzz 60)
 #   -- ARGS       extra arguments passed to `cargo test`
 set -euo pipefail
 
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
     --no-lint) lint=0 ;;
     --no-brokers) brokers=0 ;;
     --fuzz) shift; fuzz_secs=${1:?--fuzz needs a number of seconds} ;;
+    --ci) fuzz_secs=60 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
   esac
