@@ -23,8 +23,13 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked || exit 2
 fi
 
-echo "== building all targets"
-cargo +nightly fuzz build || { echo "build failed" >&2; exit 1; }
+echo "== building all targets ($(df -h . | awk 'NR==2 {print $4}') free on this disk)"
+if ! cargo +nightly fuzz build; then
+    # A linker killed by SIGBUS means the disk filled up while it wrote;
+    # say so instead of leaving only the linker's message.
+    echo "build failed; free space now: $(df -h . | awk 'NR==2 {print $4}')" >&2
+    exit 1
+fi
 
 logdir="$(mktemp -d)"
 failed=()

@@ -146,7 +146,8 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "MODEL", value_parser = ["shared", "per-client"])]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) mqtt_session: Option<String>,
-    /// MQTT protocol version: `5` or `3.1.1` [default: 5].
+    /// MQTT protocol version: `5` or `3.1.1` (3.1.1 publishes a device's
+    /// QoS 2 as QoS 1; see docs/emqx-mode.md) [default: 5].
     #[arg(long, value_name = "VERSION", value_parser = ["5", "3.1.1"])]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) mqtt_version: Option<String>,
