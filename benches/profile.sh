@@ -17,8 +17,10 @@
 #
 # Usage: benches/profile.sh TARGET [--mode callgrind|perf|both]
 #                           [--clients C] [--n1 N] [--n2 N] [--out DIR]
-# TARGET: emqx-udp | emqx-dtls | hono-udp | hono-dtls | libcoap-udp | libcoap-dtls |
-#         udp-echo
+# TARGET: emqx-udp | emqx-dtls | emqx-mqtt | hono-udp | hono-dtls | libcoap-udp |
+#         libcoap-dtls | udp-echo
+# emqx-mqtt: CON POST ps/bench/{client}?qos=1 through mosquitto at $MQTT_URL
+# (default mqtt://127.0.0.1:1883), answered after the PUBACK.
 # The binaries come from $CARGO_TARGET_DIR/release (build them with
 # CARGO_PROFILE_RELEASE_DEBUG=true for function names and lines).
 # hono-udp needs RabbitMQ at $AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
@@ -49,6 +51,7 @@ mkdir -p "$OUT"
 BIN=${BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release"}
 BENCH=${BENCH:-"$BIN/coap-bench"}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+MQTT_URL=${MQTT_URL:-mqtt://127.0.0.1:1883}
 PAYLOAD=(--payload-size 64)
 WORK=$(mktemp -d "$OUT/work.XXXXXX")
 PIDS=()
@@ -71,6 +74,9 @@ case "$TARGET" in
   emqx-udp)
     SERVER=("$BIN/coap-emqx-gateway" --udp "127.0.0.1:$PORT")
     URI="coap://127.0.0.1:$PORT/ps/bench/topic" ;;
+  emqx-mqtt)
+    SERVER=("$BIN/coap-emqx-gateway" --udp "127.0.0.1:$PORT" --broker "$MQTT_URL")
+    URI="coap://127.0.0.1:$PORT/ps/bench/{client}?qos=1"; TYPE=(--con) ;;
   emqx-dtls)
     DPORT=$(free_port)
     SERVER=("$BIN/coap-emqx-gateway" --udp "127.0.0.1:$PORT" --dtls "127.0.0.1:$DPORT" --psk-file "$PSK")
