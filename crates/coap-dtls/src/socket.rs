@@ -118,8 +118,17 @@ impl Shared {
 
 impl DtlsSocket {
     /// Binds `addr` and starts the driver task (needs a tokio runtime).
+    /// The socket asks for 4 MiB of receive and send buffer (best effort,
+    /// capped by `net.core.rmem_max` / `wmem_max`) so that bursts queue in
+    /// the kernel instead of being dropped.
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, SocketError> {
         let socket = UdpSocket::bind(addr).await?;
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::socket::{setsockopt, sockopt};
+            let _ = setsockopt(&socket, sockopt::RcvBuf, &(4 << 20));
+            let _ = setsockopt(&socket, sockopt::SndBuf, &(4 << 20));
+        }
         Self::from_socket(socket, config)
     }
 
