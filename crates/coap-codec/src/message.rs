@@ -1,6 +1,6 @@
 //! The owned message, built on `bytes::Bytes`, with a builder-style API.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::accessors::typed_option_accessors;
 use crate::code::Code;
@@ -92,6 +92,9 @@ impl Message {
         Ok(Message::from_view(&view, |s| datagram.slice_ref(s)))
     }
 
+    /// Builds a message from `view`, asking `bytes` for the token, then each
+    /// option's value in order, then the payload (`MessageRef::to_message`
+    /// relies on this order).
     pub(crate) fn from_view(
         view: &MessageRef<'_>,
         mut bytes: impl FnMut(&[u8]) -> Bytes,
@@ -303,9 +306,32 @@ impl Message {
 }
 
 impl MessageRef<'_> {
-    /// Copies the message into an owned [`Message`].
+    /// Copies the message into an owned [`Message`]. The token, the option
+    /// values and the payload are copied into one buffer that the parts
+    /// share: two allocations (the buffer and its shared header) instead
+    /// of one per part.
     pub fn to_message(&self) -> Message {
-        Message::from_view(self, Bytes::copy_from_slice)
+        let parts = [self.token(), self.raw_options(), self.payload()];
+        let bound: usize = parts.iter().map(|p| p.len()).sum();
+        if bound == 0 {
+            return Message::from_view(self, |_| Bytes::new());
+        }
+        // Same order as `from_view` asks for the parts: token, each
+        // option's value, payload.
+        let mut buf = BytesMut::with_capacity(bound);
+        buf.extend_from_slice(self.token());
+        for option in self.options() {
+            buf.extend_from_slice(option.value);
+        }
+        buf.extend_from_slice(self.payload());
+        let whole = buf.freeze();
+        let mut at = 0;
+        Message::from_view(self, |part| {
+            let end = at + part.len();
+            let shared = whole.slice(at..end);
+            at = end;
+            shared
+        })
     }
 }
 
