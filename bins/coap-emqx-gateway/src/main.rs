@@ -114,6 +114,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     }
     endpoint_config.max_queued_per_peer = config.max_queued_notifications;
     let transmission = config.transmission().map_err(anyhow::Error::msg)?;
+    let dtls_idle_timeout = config.dtls_idle_timeout().map_err(anyhow::Error::msg)?;
     endpoint_config.ack_timeout = transmission.ack_timeout;
     endpoint_config.ack_random_factor = transmission.ack_random_factor;
     endpoint_config.max_retransmit = transmission.max_retransmit;
@@ -129,7 +130,9 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     let dtls_server = match (config.dtls, psk) {
         (Some(addr), Some(psk)) => {
             let store = Arc::new(psk.into_map());
-            let transport = DtlsTransport::bind(addr, coap_dtls::ServerConfig::new(store))
+            let mut dtls_config = coap_dtls::ServerConfig::new(store);
+            dtls_config.idle_timeout = dtls_idle_timeout;
+            let transport = DtlsTransport::bind(addr, dtls_config)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen for DTLS on {addr}: {e}"))?;
             // Shared with the metrics task, which reads its handshake counters.

@@ -894,3 +894,24 @@ fn print_config_redacts_secrets_and_bad_files_name_line_and_key() {
         "heartbeat",
     );
 }
+
+/// `--dtls-idle-timeout` reaches the configuration, and a value out of range
+/// is a one-line error before anything is bound.
+#[test]
+fn dtls_idle_timeout_flag() {
+    let out = run_bin(&["--print-config", "--dtls-idle-timeout", "90s"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        printed.contains("dtls_idle_timeout = \"1m30s\"")
+            || printed.contains("dtls_idle_timeout = \"90s\""),
+        "{printed}"
+    );
+    let out = run_bin(&["--udp", "127.0.0.1:0", "--dtls-idle-timeout", "1s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("dtls_idle_timeout 1s: must be from 10s to 7d"),
+        "{stderr}"
+    );
+}

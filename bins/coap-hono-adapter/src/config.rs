@@ -43,6 +43,8 @@ pub(crate) struct Config {
     pub(crate) ack_random_factor: f64,
     /// RFC 7252 MAX_RETRANSMIT.
     pub(crate) max_retransmit: u32,
+    /// An established DTLS session silent this long is closed.
+    pub(crate) dtls_idle_timeout: HumanDuration,
     /// How long in-flight requests may take after SIGINT/SIGTERM.
     pub(crate) shutdown_grace: HumanDuration,
     /// Capacity of the table of known clients (management API).
@@ -71,6 +73,7 @@ impl Default for Config {
             ack_timeout: HumanDuration(Duration::from_secs(2)),
             ack_random_factor: 1.5,
             max_retransmit: 4,
+            dtls_idle_timeout: HumanDuration(Duration::from_secs(600)),
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(5)),
             max_clients: hono_coap::DEFAULT_MAX_CLIENTS,
             http: None,
@@ -160,6 +163,13 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=20))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_retransmit: Option<u32>,
+    /// How long an established DTLS session may stay silent before it is
+    /// closed and its memory freed: sessions orphaned by a NAT rebinding,
+    /// devices gone for good. A device that sends again after it must
+    /// handshake again. From 10s to 7d [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) dtls_idle_timeout: Option<HumanDuration>,
     /// After SIGINT/SIGTERM: how long in-flight requests may still take
     /// before the process exits anyway [default: 5s].
     #[arg(long, value_name = "DURATION")]
@@ -246,7 +256,23 @@ pub(crate) struct Transmission {
     pub(crate) max_retransmit: u32,
 }
 
+/// Shortest and longest `dtls_idle_timeout` accepted.
+const DTLS_IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(7 * 24 * 3600);
+
 impl Config {
+    /// The DTLS idle timeout, or a one-line error naming the key.
+    pub(crate) fn dtls_idle_timeout(&self) -> Result<Duration, String> {
+        let timeout = self.dtls_idle_timeout.get();
+        if DTLS_IDLE_TIMEOUT_RANGE.contains(&timeout) {
+            Ok(timeout)
+        } else {
+            Err(format!(
+                "dtls_idle_timeout {timeout:?}: must be from 10s to 7d"
+            ))
+        }
+    }
+
     /// ACK_TIMEOUT, ACK_RANDOM_FACTOR and MAX_RETRANSMIT, or a one-line
     /// error naming the key (they may come from the file or the
     /// environment, which clap does not check).
@@ -310,6 +336,19 @@ mod tests {
         assert_eq!(config.timeout_to_ack.0, -1);
         let config: Config = toml::from_str("timeout_to_ack = \"1s\"").unwrap();
         assert_eq!(config.timeout_to_ack.0, 1000);
+    }
+
+    #[test]
+    fn dtls_idle_timeout_is_checked() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.dtls_idle_timeout(), Ok(Duration::from_secs(600)));
+        let config: Config = toml::from_str("dtls_idle_timeout = \"30s\"").unwrap();
+        assert_eq!(config.dtls_idle_timeout(), Ok(Duration::from_secs(30)));
+        for bad in ["9s", "8d"] {
+            let config: Config = toml::from_str(&format!("dtls_idle_timeout = \"{bad}\"")).unwrap();
+            let error = config.dtls_idle_timeout().unwrap_err();
+            assert!(error.starts_with("dtls_idle_timeout"), "{error}");
+        }
     }
 
     #[test]

@@ -124,6 +124,7 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
     // they arrive instead of being reassembled first.
     endpoint_config.max_body_size = config.max_payload_size.as_usize().max(1);
     let transmission = config.transmission().map_err(anyhow::Error::msg)?;
+    let dtls_idle_timeout = config.dtls_idle_timeout().map_err(anyhow::Error::msg)?;
     endpoint_config.ack_timeout = transmission.ack_timeout;
     endpoint_config.ack_random_factor = transmission.ack_random_factor;
     endpoint_config.max_retransmit = transmission.max_retransmit;
@@ -137,12 +138,11 @@ async fn run(parsed: startup::ParsedArgs<Cli>) -> anyhow::Result<()> {
             .psk_for_identity(identity, separator, SystemTime::now())
             .map(|grant| grant.key)
     };
-    let dtls_transport = DtlsTransport::bind(
-        config.dtls,
-        coap_dtls::ServerConfig::new(Arc::new(psk_store)),
-    )
-    .await
-    .with_context(|| format!("cannot listen for DTLS on {}", config.dtls))?;
+    let mut dtls_config = coap_dtls::ServerConfig::new(Arc::new(psk_store));
+    dtls_config.idle_timeout = dtls_idle_timeout;
+    let dtls_transport = DtlsTransport::bind(config.dtls, dtls_config)
+        .await
+        .with_context(|| format!("cannot listen for DTLS on {}", config.dtls))?;
     let dtls_transport = Arc::new(dtls_transport);
     let dtls_server = Server::new(
         metrics::SharedDtls(dtls_transport.clone()),
