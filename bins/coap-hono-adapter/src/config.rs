@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use gateway_kit::transmission::{Transmission, checked_dtls_idle_timeout};
 use gateway_kit::{ByteSize, HumanDuration, LogFormat, OpsArgs, SecretUrl};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -238,78 +239,21 @@ impl<'de> Deserialize<'de> for TimeoutToAck {
     }
 }
 
-/// Largest `max_retransmit` accepted (2^20 × ACK_TIMEOUT is already far
-/// beyond any useful give-up time).
-pub(crate) const MAX_RETRANSMIT_LIMIT: u32 = 20;
-
-/// The longest `ack_timeout` accepted.
-const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// The RFC 7252 transmission parameters of the configuration, checked.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Transmission {
-    /// ACK_TIMEOUT.
-    pub(crate) ack_timeout: Duration,
-    /// ACK_RANDOM_FACTOR.
-    pub(crate) ack_random_factor: f64,
-    /// MAX_RETRANSMIT.
-    pub(crate) max_retransmit: u32,
-}
-
-/// Shortest and longest `dtls_idle_timeout` accepted.
-const DTLS_IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_secs(10)..=Duration::from_secs(7 * 24 * 3600);
-
 impl Config {
-    /// The DTLS idle timeout, or a one-line error naming the key.
-    pub(crate) fn dtls_idle_timeout(&self) -> Result<Duration, String> {
-        let timeout = self.dtls_idle_timeout.get();
-        if DTLS_IDLE_TIMEOUT_RANGE.contains(&timeout) {
-            Ok(timeout)
-        } else {
-            Err(format!(
-                "dtls_idle_timeout {timeout:?}: must be from 10s to 7d"
-            ))
-        }
-    }
-
     /// ACK_TIMEOUT, ACK_RANDOM_FACTOR and MAX_RETRANSMIT, or a one-line
     /// error naming the key (they may come from the file or the
     /// environment, which clap does not check).
     pub(crate) fn transmission(&self) -> Result<Transmission, String> {
-        let ack_timeout = self.ack_timeout.get();
-        if ack_timeout.is_zero() || ack_timeout > MAX_ACK_TIMEOUT {
-            return Err(format!(
-                "ack_timeout {ack_timeout:?}: must be more than 0 and at most 1h"
-            ));
-        }
-        let factor = self.ack_random_factor;
-        if !factor.is_finite() || !(1.0..=10.0).contains(&factor) {
-            return Err(format!(
-                "ack_random_factor {factor}: must be a number from 1 to 10"
-            ));
-        }
-        if self.max_retransmit > MAX_RETRANSMIT_LIMIT {
-            return Err(format!(
-                "max_retransmit {}: must be at most {MAX_RETRANSMIT_LIMIT}",
-                self.max_retransmit
-            ));
-        }
-        // The last retransmission waits ack_timeout × factor × 2^n; the
-        // endpoint refuses more than a year.
-        let longest = ack_timeout.as_secs_f64() * factor * f64::from(1u32 << self.max_retransmit);
-        if longest > 365.0 * 24.0 * 3600.0 {
-            return Err(format!(
-                "max_retransmit {} with ack_timeout {ack_timeout:?} × {factor}: the last \
-                 retransmission timeout would exceed one year",
-                self.max_retransmit
-            ));
-        }
-        Ok(Transmission {
-            ack_timeout,
-            ack_random_factor: factor,
-            max_retransmit: self.max_retransmit,
-        })
+        Transmission::checked(
+            self.ack_timeout.get(),
+            self.ack_random_factor,
+            self.max_retransmit,
+        )
+    }
+
+    /// The DTLS idle timeout, or a one-line error naming the key.
+    pub(crate) fn dtls_idle_timeout(&self) -> Result<Duration, String> {
+        checked_dtls_idle_timeout(self.dtls_idle_timeout.get())
     }
 }
 

@@ -121,6 +121,7 @@ pub mod readiness;
 pub mod redact;
 pub mod shutdown;
 pub mod startup;
+pub mod transmission;
 
 /// The `axum` version the management API must be written against.
 pub use axum;
