@@ -477,7 +477,7 @@ async fn broker_restart_fails_fast_then_recovers_without_losing_acknowledged_mes
     publish(0).await.unwrap();
     assert_eq!(next(&mut rx).await.message.payload, "m0");
 
-    proc.stop();
+    proc.kill9();
     for n in 1..4 {
         let started = Instant::now();
         let result = publish(n).await;

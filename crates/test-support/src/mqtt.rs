@@ -2,6 +2,7 @@
 //! mosquitto.
 
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -72,8 +73,11 @@ pub async fn publish(
         .unwrap();
 }
 
-/// A mosquitto of a test's own on a free loopback port (anonymous access,
-/// no persistence), killed on drop.
+/// A mosquitto of a test's own on a free loopback port (no persistence,
+/// room for 100 000 queued messages per client), killed on drop: plain
+/// ([`start`](Self::start)), with users and ACLs
+/// ([`start_with_auth`](Self::start_with_auth)) or with TLS
+/// ([`start_tls`](Self::start_tls)).
 pub struct PrivateMosquitto {
     /// The port it listens on (kept across restarts).
     pub port: u16,
@@ -82,18 +86,111 @@ pub struct PrivateMosquitto {
 }
 
 impl PrivateMosquitto {
-    /// Starts it and waits until it accepts connections.
+    /// Anonymous access.
     pub fn start() -> Self {
-        let port = free_tcp_port();
-        let dir = tempfile::Builder::new()
-            .prefix("test-support-mosq-")
-            .tempdir()
-            .unwrap();
+        Self::start_in(temp_dir(), "allow_anonymous true\n")
+    }
+
+    /// With a password file (`allow_anonymous false`) and an ACL file.
+    pub fn start_with_auth(users: &[(&str, &str)], acl: &str) -> Self {
+        let dir = temp_dir();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "").unwrap();
+        for (user, password) in users {
+            let status = Command::new("mosquitto_passwd")
+                .args(["-b", passwd.to_str().unwrap(), user, password])
+                .status()
+                .expect("mosquitto_passwd is installed");
+            assert!(status.success());
+        }
+        let aclfile = dir.path().join("acl");
+        std::fs::write(&aclfile, acl).unwrap();
+        let extra = format!(
+            "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+            passwd.display(),
+            aclfile.display()
+        );
+        Self::start_in(dir, &extra)
+    }
+
+    /// With a TLS listener; returns the PEM of the CA that signed the
+    /// broker's certificate (for 127.0.0.1 and localhost).
+    pub fn start_tls() -> (Self, Vec<u8>) {
+        let dir = temp_dir();
+        let path = dir.path();
+        let ca = make_ca(path, "ca");
+        openssl(
+            path,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
         std::fs::write(
-            dir.path().join("mosquitto.conf"),
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            path.join("ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
         )
         .unwrap();
+        openssl(
+            path,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "1",
+                "-extfile",
+                "ext",
+            ],
+        );
+        // mosquitto started as root reads its files as user "mosquitto".
+        for f in ["ca.crt", "server.crt", "server.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let extra = format!(
+            "allow_anonymous true\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\n",
+            path.display()
+        );
+        (Self::start_in(dir, &extra), ca)
+    }
+
+    /// A CA the broker does not use (for a failing verification).
+    pub fn unrelated_ca() -> Vec<u8> {
+        let dir = temp_dir();
+        make_ca(dir.path(), "other")
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &str) -> Self {
+        let port = free_tcp_port();
+        let config = format!(
+            "listener {port} 127.0.0.1\npersistence false\nmax_queued_messages 100000\n{extra}"
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), config).unwrap();
+        // mosquitto started as root drops to user "mosquitto".
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let mut me = Self {
             port,
             dir,
@@ -108,18 +205,20 @@ impl PrivateMosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    /// Kills it (if running) and reaps it.
-    pub fn stop(&mut self) {
+    /// `kill -9` (no goodbye to any client) and reap; the port stays
+    /// ours for a restart (nothing else binds it in time).
+    pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // `Child::kill` is SIGKILL on Unix.
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts (again) on the same port and waits (at most 5 s) until it
+    /// Starts (again) on the same port and waits (at most 10 s) until it
     /// accepts.
     pub fn restart(&mut self) {
-        self.stop();
+        self.kill9();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
@@ -128,7 +227,7 @@ impl PrivateMosquitto {
             .spawn()
             .expect("mosquitto is installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
@@ -142,6 +241,54 @@ impl PrivateMosquitto {
 
 impl Drop for PrivateMosquitto {
     fn drop(&mut self) {
-        self.stop();
+        self.kill9();
     }
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("test-support-mosq-")
+        .tempdir()
+        .unwrap()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed CA `NAME.key` / `NAME.crt` in `dir`; returns the PEM.
+fn make_ca(dir: &Path, name: &str) -> Vec<u8> {
+    let key = format!("{name}.key");
+    let crt = format!("{name}.crt");
+    let cn = format!("/CN=test-{name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-subj",
+            &cn,
+        ],
+    );
+    std::fs::read(dir.join(&crt)).unwrap()
 }

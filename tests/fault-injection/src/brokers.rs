@@ -4,7 +4,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,70 +65,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// A mosquitto of this test's own (no persistence) on a free port.
-pub struct PrivateMosquitto {
-    /// Its TCP port.
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateMosquitto {
-    /// Starts it and waits until it accepts.
-    pub fn start() -> Self {
-        let port = free_port();
-        let dir = temp_dir("mosquitto");
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
-        )
-        .unwrap();
-        let mut me = Self {
-            port,
-            dir,
-            child: None,
-        };
-        me.restart();
-        me
-    }
-
-    /// `mqtt://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    /// `kill -9`: no goodbye to any client.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill")
-                .args(["-9", &child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts again on the same port.
-    pub fn restart(&mut self) {
-        self.kill9();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(self.dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(10), "private mosquitto");
-    }
-}
-
-impl Drop for PrivateMosquitto {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+pub use test_support::mqtt::PrivateMosquitto;
 
 /// A RabbitMQ node of this test's own on free ports; its data directory
 /// survives restarts (so durable queues and persistent messages do).
