@@ -318,52 +318,39 @@ mod tests {
     }
 
     #[test]
-    fn dtls_idle_timeout_is_checked() {
-        let config: Config = toml::from_str("").unwrap();
-        assert_eq!(config.dtls_idle_timeout(), Ok(Duration::from_secs(600)));
-        let config: Config = toml::from_str("dtls_idle_timeout = \"30s\"").unwrap();
-        assert_eq!(config.dtls_idle_timeout(), Ok(Duration::from_secs(30)));
-        for bad in ["9s", "8d"] {
-            let config: Config = toml::from_str(&format!("dtls_idle_timeout = \"{bad}\"")).unwrap();
-            let error = config.dtls_idle_timeout().unwrap_err();
-            assert!(error.starts_with("dtls_idle_timeout"), "{error}");
-        }
-    }
-
-    #[test]
-    fn transmission_parameters_are_checked() {
+    fn message_layer_settings_from_the_file() {
+        // The checks themselves: gateway_kit::transmission's tests.
         let config: Config = toml::from_str("").unwrap();
         let t = config.transmission().unwrap();
         assert_eq!(
             (t.ack_timeout, t.ack_random_factor, t.max_retransmit),
             (Duration::from_secs(2), 1.5, 4)
         );
-        let config: Config =
-            toml::from_str("ack_timeout = \"100ms\"\nack_random_factor = 1.0\nmax_retransmit = 2")
-                .unwrap();
+        assert_eq!(config.dtls_idle_timeout(), Ok(Duration::from_secs(600)));
+        let config: Config = toml::from_str(
+            "ack_timeout = \"100ms\"\nack_random_factor = 1.0\nmax_retransmit = 2\ndtls_idle_timeout = \"30s\"",
+        )
+        .unwrap();
         let t = config.transmission().unwrap();
         assert_eq!(
             (t.ack_timeout, t.ack_random_factor, t.max_retransmit),
             (Duration::from_millis(100), 1.0, 2)
         );
-        for bad in [
-            "ack_timeout = \"0s\"",
-            "ack_timeout = \"2h\"",
-            "ack_random_factor = 0.9",
-            "ack_random_factor = nan",
-            "ack_random_factor = inf",
-            "max_retransmit = 21",
-            "ack_timeout = \"1h\"\nack_random_factor = 10.0\nmax_retransmit = 20",
-        ] {
-            let config: Config = toml::from_str(bad).unwrap();
-            let error = config.transmission().unwrap_err();
-            assert!(!error.contains('\n'), "{error}");
-            let key = bad.split(' ').next().unwrap();
-            assert!(
-                error.contains(key) || error.contains("max_retransmit"),
-                "{bad}: {error}"
-            );
-        }
+        assert_eq!(config.dtls_idle_timeout(), Ok(Duration::from_secs(30)));
+        let config: Config =
+            toml::from_str("ack_random_factor = 0.9\ndtls_idle_timeout = \"9s\"").unwrap();
+        assert!(
+            config
+                .transmission()
+                .unwrap_err()
+                .starts_with("ack_random_factor")
+        );
+        assert!(
+            config
+                .dtls_idle_timeout()
+                .unwrap_err()
+                .starts_with("dtls_idle_timeout")
+        );
         assert!(toml::from_str::<Config>("max_retransmit = -1").is_err());
     }
 }

@@ -178,7 +178,7 @@ async fn broker_outage_gives_503_and_every_acknowledged_publish_arrives() {
         assert_eq!(answer.code, Code::CHANGED);
         acknowledged.push(n);
     }
-    mosquitto.stop();
+    mosquitto.kill9();
     // Down: 5.03 with Max-Age, never 2.04 for a message the broker did not take.
     let mut unavailable = 0;
     let deadline = Instant::now() + Duration::from_secs(10);

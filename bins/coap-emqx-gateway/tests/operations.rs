@@ -289,7 +289,7 @@ async fn readyz_follows_the_broker_connection() {
     wait_ready(200, Duration::from_secs(5)).await;
     assert_eq!(http(api, "GET", "/healthz", "").await.0, 200);
 
-    mosquitto.stop();
+    mosquitto.kill9();
     let (took, body) = wait_ready(503, Duration::from_secs(5)).await;
     assert!(body.contains("broker"), "names what is not ready: {body}");
     eprintln!("not ready {took:?} after mosquitto stopped");

@@ -89,14 +89,28 @@ mod tests {
     #[test]
     fn bounds() {
         let second = Duration::from_secs(1);
-        assert!(Transmission::checked(second * 2, 1.5, 4).is_ok());
-        assert!(Transmission::checked(Duration::ZERO, 1.5, 4).is_err());
-        assert!(Transmission::checked(second * 3601, 1.5, 4).is_err());
-        assert!(Transmission::checked(second, 0.9, 4).is_err());
-        assert!(Transmission::checked(second, f64::NAN, 4).is_err());
+        assert_eq!(
+            Transmission::checked(second * 2, 1.5, 4),
+            Ok(Transmission {
+                ack_timeout: second * 2,
+                ack_random_factor: 1.5,
+                max_retransmit: 4
+            })
+        );
         assert!(Transmission::checked(second, 1.0, MAX_RETRANSMIT_LIMIT).is_ok());
-        assert!(Transmission::checked(second, 1.0, MAX_RETRANSMIT_LIMIT + 1).is_err());
-        assert!(Transmission::checked(second * 3600, 10.0, 20).is_err());
+        for (ack_timeout, factor, max_retransmit, key) in [
+            (Duration::ZERO, 1.5, 4, "ack_timeout"),
+            (second * 7200, 1.5, 4, "ack_timeout"),
+            (second, 0.9, 4, "ack_random_factor"),
+            (second, f64::NAN, 4, "ack_random_factor"),
+            (second, f64::INFINITY, 4, "ack_random_factor"),
+            (second, 1.0, MAX_RETRANSMIT_LIMIT + 1, "max_retransmit"),
+            (second * 3600, 10.0, 20, "max_retransmit"),
+        ] {
+            let error = Transmission::checked(ack_timeout, factor, max_retransmit).unwrap_err();
+            assert!(error.starts_with(key), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
         assert_eq!(checked_dtls_idle_timeout(second * 10), Ok(second * 10));
         assert!(checked_dtls_idle_timeout(second * 9).is_err());
         assert!(checked_dtls_idle_timeout(second * 7 * 24 * 3600 + second).is_err());
