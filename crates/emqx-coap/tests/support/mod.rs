@@ -120,34 +120,7 @@ pub async fn external_publish(url: &str, topic: &str, payload: &str, qos: u8) {
 }
 
 pub async fn external_publish_with(url: &str, topic: &str, payload: &str, qos: u8, retain: bool) {
-    let (host, port) = host_port(url);
-    let options = MqttOptions::new(client_id("pub"), host, port);
-    let (client, mut eventloop) = AsyncClient::new(options, 8);
-    let q = match qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    };
-    client
-        .publish(topic, q, retain, payload.as_bytes().to_vec())
-        .await
-        .unwrap();
-    let done = async {
-        loop {
-            match eventloop.poll().await.unwrap() {
-                Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == 0 => {
-                    client.disconnect().await.unwrap();
-                }
-                Event::Outgoing(rumqttc::Outgoing::Disconnect) => return,
-                Event::Incoming(Packet::PubAck(_)) if qos == 1 => return,
-                Event::Incoming(Packet::PubComp(_)) if qos == 2 => return,
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), done)
-        .await
-        .unwrap();
+    test_support::mqtt::publish(url, client_id("pub"), topic, payload, qos, retain).await;
 }
 
 /// Runs `mosquitto_sub -V mqttv5 -C 1` on `topic` and returns its one line
