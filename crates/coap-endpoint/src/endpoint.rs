@@ -1162,23 +1162,30 @@ impl Endpoint {
         let token = Bytes::copy_from_slice(msg.token());
         match msg.mtype() {
             MessageType::Ack => {
-                let matches = self
+                let ours = self
                     .peers
                     .get(&peer)
                     .and_then(|p| p.in_flight.as_ref())
-                    .is_some_and(|f| f.mid == mid && matches!(f.purpose, Purpose::Request(_)));
-                if !matches {
+                    .and_then(|f| match f.purpose {
+                        Purpose::Request(id) if f.mid == mid => Some(id),
+                        _ => None,
+                    });
+                let Some(id) = ours else {
                     return; // late duplicate or unknown: ignored
-                }
-                let flight = self.peers.get_mut(&peer).and_then(|p| p.in_flight.take());
-                let Some(flight) = flight else { return };
-                let Purpose::Request(id) = flight.purpose else {
-                    return;
                 };
-                self.send_next_queued(now, &peer);
-                if self.client.get(&id).is_some_and(|c| c.token == token) {
-                    self.on_client_response(now, id, msg);
+                if self.client.get(&id).is_none_or(|c| c.token != token) {
+                    // It acknowledges our CON but answers another token
+                    // (RFC 7252 §5.3.2): not our response. Taken as an
+                    // empty ACK, so the request waits for a separate
+                    // response under its deadline instead of for ever.
+                    self.on_ack(now, &peer, mid);
+                    return;
                 }
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.in_flight = None;
+                }
+                self.send_next_queued(now, &peer);
+                self.on_client_response(now, id, msg);
             }
             MessageType::Con | MessageType::Non => {
                 let confirmable = msg.mtype() == MessageType::Con;

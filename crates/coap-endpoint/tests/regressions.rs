@@ -460,3 +460,47 @@ fn an_unencodable_observe_answer_makes_no_relation() {
     assert_eq!(reply.code, Code::INTERNAL_SERVER_ERROR);
     assert!(reply.observe().is_none());
 }
+
+/// Bug found by `endpoint_sequence` in CI mode: an ACK that acknowledges a
+/// client CON by its message id but carries another token took the CON out
+/// of flight without arming the response deadline, so the request never
+/// completed. It now counts as an empty ACK: the request waits for a
+/// separate response and fails with a timeout when none comes.
+#[test]
+fn an_ack_with_a_foreign_token_leaves_the_request_under_its_deadline() {
+    let mut client = Endpoint::new(config()).unwrap();
+    let server = Peer::new("198.51.100.2:5683".parse().unwrap());
+    let now = Instant::now();
+    let get = Message::new(MessageType::Con, Code::GET, 0).with_uri_path("x");
+    let id = client.send_request(now, server.clone(), get, true).unwrap();
+    let sent = Message::from_bytes(client.poll_transmit().unwrap().bytes).unwrap();
+    let mut foreign = sent.token.to_vec();
+    match foreign.first_mut() {
+        Some(byte) => *byte ^= 0xff,
+        None => foreign.push(0x5a),
+    }
+    let ack = Message::new(MessageType::Ack, Code::CONTENT, sent.message_id)
+        .with_token(foreign)
+        .with_payload(&b"not yours"[..]);
+    client.handle_datagram(now, server, &ack.to_bytes().unwrap());
+    assert!(
+        client.poll_event().is_none(),
+        "a foreign response was delivered"
+    );
+    let mut at = now;
+    for _ in 0..100 {
+        let Some(next) = client.poll_timeout() else {
+            break;
+        };
+        at = at.max(next);
+        client.handle_timeout(at);
+    }
+    assert!(
+        client.poll_transmit().is_none(),
+        "retransmitted after the ACK"
+    );
+    match client.poll_event() {
+        Some(Event::RequestFailed { request, .. }) => assert_eq!(request, id),
+        other => panic!("expected the request to time out, got {other:?}"),
+    }
+}
